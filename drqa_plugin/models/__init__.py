@@ -1,0 +1,3 @@
+from drqa_plugin.models.ckdn import CKDN, CKDNConfig, TrainOutputs
+
+__all__ = ["CKDN", "CKDNConfig", "TrainOutputs"]

@@ -1,0 +1,85 @@
+"""ResNet-50 building blocks with torchvision-compatible parameter names.
+
+The names (``conv1``, ``bn1``, ..., ``downsample.0``/``downsample.1``) match
+torchvision so ImageNet ResNet-50 weights and the published CKDN checkpoints
+load without renaming inside a block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (carries the stride) -> 1x1 with a residual connection."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def resnet_stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
+    """A ResNet stage of ``blocks`` bottlenecks; the first one changes shape."""
+    layers = [Bottleneck(in_channels, width, stride)]
+    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a conv into that conv.
+
+    Works in place on :class:`Bottleneck` blocks (the only place CKDN has BN) and
+    returns ``module``. The folded network computes the same function with fewer
+    memory passes; it must only be used for inference.
+    """
+    for block in module.modules():
+        if not isinstance(block, Bottleneck):
+            continue
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            conv, bn = getattr(block, conv_name), getattr(block, bn_name)
+            setattr(block, conv_name, _fused_conv(conv, bn))
+            setattr(block, bn_name, nn.Identity())
+        if block.downsample is not None:
+            conv, bn = block.downsample[0], block.downsample[1]
+            block.downsample = nn.Sequential(_fused_conv(conv, bn), nn.Identity())
+    return module
+
+
+@torch.no_grad()
+def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=True,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
+    return fused

@@ -1,0 +1,158 @@
+"""CKDN: conditional knowledge distillation for degraded-reference IQA.
+
+Zheng et al., ICCV 2021. Written from the paper and the facts in
+``shared/docs/ckdn-spec.md``; the state-dict names are our own and
+:mod:`drqa_plugin.convert` maps the published layouts onto them.
+
+Layout (all blocks are ResNet-50 pieces):
+
+* ``restored_encoder``  -- 7x7/2 stem (no BN, no ReLU), max-pool, ResNet layer1
+* ``reference_encoder`` -- same structure, own weights (degraded *and* pristine refs)
+* ``comparator`` + ``head``       -- ResNet layer2 + MLP, shared by student and teacher
+* ``nr_comparator`` + ``nr_head`` -- auxiliary no-reference ranking branch
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from drqa_plugin.models.blocks import resnet_stage
+
+
+@dataclass(frozen=True)
+class CKDNConfig:
+    """Architecture hyper-parameters; the defaults are the published network."""
+
+    stem_channels: int = 64
+    encoder_blocks: int = 3  # ResNet-50 layer1
+    comparator_blocks: int = 4  # ResNet-50 layer2
+    head_hidden: int = 2048
+    head_dropout: float = 0.5
+
+
+class TrainOutputs(NamedTuple):
+    """Everything the distillation losses need from one training forward pass.
+
+    ``dr``/``fr``/``nr`` are sigmoid scores of shape (N,); ``feature_gap`` is the
+    per-sample mean squared difference between the degraded and pristine
+    reference features, shape (N,). Paths that were not asked for are ``None``.
+    """
+
+    dr: Tensor | None
+    fr: Tensor | None
+    nr: Tensor | None
+    feature_gap: Tensor | None
+
+
+class Encoder(nn.Module):
+    """Stem conv (deliberately without BN/ReLU, as in CKDN) + max-pool + ResNet layer1."""
+
+    def __init__(self, cfg: CKDNConfig) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, cfg.stem_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.blocks = resnet_stage(cfg.stem_channels, 64, cfg.encoder_blocks, stride=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.pool(self.stem(x)))
+
+
+def _score_head(cfg: CKDNConfig) -> nn.Sequential:
+    # Indices 0/3/6 hold the Linear layers, matching the published checkpoints.
+    return nn.Sequential(
+        nn.Linear(512, cfg.head_hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(cfg.head_dropout),
+        nn.Linear(cfg.head_hidden, cfg.head_hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(cfg.head_dropout),
+        nn.Linear(cfg.head_hidden, 1),
+    )
+
+
+class CKDN(nn.Module):
+    """The CKDN network.
+
+    ``model(restored, degraded)`` is the degraded-reference score in (0, 1), shape (N,),
+    higher is better. ``model(restored, degraded, restored_2, pristine)`` is the
+    training pass and returns :class:`TrainOutputs`. Inputs are ImageNet-normalised
+    RGB tensors of equal size.
+    """
+
+    arch_name = "ckdn_r50"
+
+    def __init__(self, cfg: CKDNConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or CKDNConfig()
+        self.restored_encoder = Encoder(self.cfg)
+        self.reference_encoder = Encoder(self.cfg)
+        self.comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
+        self.head = _score_head(self.cfg)
+        self.nr_comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
+        self.nr_head = _score_head(self.cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _pool_score(features: Tensor, head: nn.Module) -> Tensor:
+        return torch.sigmoid(head(features.mean(dim=(2, 3)))).squeeze(1)
+
+    def compare(self, restored_features: Tensor, reference_features: Tensor) -> Tensor:
+        """Score restored-encoder features against reference-encoder features."""
+        return self._pool_score(self.comparator(restored_features - reference_features), self.head)
+
+    def forward(
+        self,
+        restored: Tensor,
+        degraded: Tensor,
+        restored_2: Tensor | None = None,
+        pristine: Tensor | None = None,
+        *,
+        paths: tuple[str, ...] = ("dr", "fr", "nr", "gap"),
+    ) -> Tensor | TrainOutputs:
+        if restored_2 is None and pristine is None:
+            return self.compare(self.restored_encoder(restored), self.reference_encoder(degraded))
+        if restored_2 is None or pristine is None:
+            raise ValueError("training forward needs restored, degraded, restored_2 and pristine")
+        return self._forward_train(restored, degraded, restored_2, pristine, set(paths))
+
+    def _forward_train(
+        self, restored: Tensor, degraded: Tensor, restored_2: Tensor, pristine: Tensor, paths: set[str]
+    ) -> TrainOutputs:
+        unknown = paths - {"dr", "fr", "nr", "gap"}
+        if unknown:
+            raise ValueError(f"unknown paths {sorted(unknown)}; choose from dr, fr, nr, gap")
+        n = restored.shape[0]
+        need_r2 = "nr" in paths
+        need_refs = bool(paths & {"dr", "fr", "gap"})
+        # One encoder call per encoder keeps BatchNorm statistics shared the way the
+        # official code shares them (it concatenates batches through each module).
+        r = self.restored_encoder(torch.cat([restored, restored_2]) if need_r2 else restored)
+        r1, r2 = (r[:n], r[n:]) if need_r2 else (r, None)
+        d = p = None
+        if need_refs:
+            refs = self.reference_encoder(torch.cat([degraded, pristine]))
+            d, p = refs[:n], refs[n:]
+        dr = fr = nr = gap = None
+        if "dr" in paths or "fr" in paths:
+            # Student and teacher run through the comparator as one batch [R1-D ; R1-P].
+            scores = self._pool_score(self.comparator(torch.cat([r1 - d, r1 - p])), self.head)
+            dr, fr = scores[:n], scores[n:]
+            dr = dr if "dr" in paths else None
+            fr = fr if "fr" in paths else None
+        if need_r2:
+            nr = self._pool_score(self.nr_comparator(r1 - r2), self.nr_head)
+        if "gap" in paths:
+            gap = (d - p).pow(2).mean(dim=(1, 2, 3))
+        return TrainOutputs(dr=dr, fr=fr, nr=nr, feature_gap=gap)
