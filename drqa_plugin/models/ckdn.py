@@ -105,8 +105,10 @@ class CKDN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @staticmethod
-    def _pool_score(features: Tensor, head: nn.Module) -> Tensor:
-        return torch.sigmoid(head(features.mean(dim=(2, 3)))).squeeze(1)
+    def _pool_score(features: Tensor, head: nn.Sequential) -> Tensor:
+        # The head may be kept in fp32 while the convolutional trunk runs in bf16.
+        pooled = features.mean(dim=(2, 3)).to(head[0].weight.dtype)
+        return torch.sigmoid(head(pooled)).squeeze(1)
 
     def compare(self, restored_features: Tensor, reference_features: Tensor) -> Tensor:
         """Score restored-encoder features against reference-encoder features."""
