@@ -1,0 +1,97 @@
+"""Training and evaluation data for DR-IQA.
+
+The trainer's interface::
+
+    from drqa_plugin.data import DataConfig, build_dataset
+    ds = build_dataset(DataConfig(crop=64), "train")
+    sample = ds[0]   # dict, see below
+
+A sample has float32 CHW RGB tensors in [0, 1] (not normalised), all crop x crop:
+``restored``, ``degraded``, ``restored_2``, ``pristine``; 0-dim float32 tensors
+``target`` / ``target_2`` (quality of restored / restored_2, about [0, 1]);
+``group`` (int scene id, for grouped evaluation) and ``name`` (str).
+Datasets have ``set_epoch(epoch)`` to draw new (still deterministic) samples.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from drqa_plugin.data.config import (
+    DataConfig,
+    DegradationConfig,
+    PIPALLayout,
+    RestorationConfig,
+)
+from drqa_plugin.data.labellers import available_labellers, get_labeller, ms_ssim, register_labeller, ssim
+from drqa_plugin.data.photos import BUNDLED_PHOTOS, DataError, Photo, list_photos, read_rgb
+from drqa_plugin.data.pipal import PIPALPairs, read_pipal_list
+from drqa_plugin.data.synthetic import SyntheticPairs, degrade, restore
+
+__all__ = [
+    "BUNDLED_PHOTOS",
+    "DataConfig",
+    "DataError",
+    "DegradationConfig",
+    "PIPALLayout",
+    "PIPALPairs",
+    "Photo",
+    "RestorationConfig",
+    "SyntheticPairs",
+    "available_labellers",
+    "build_dataset",
+    "degrade",
+    "get_labeller",
+    "list_photos",
+    "ms_ssim",
+    "read_pipal_list",
+    "read_rgb",
+    "register_labeller",
+    "restore",
+    "split_photos",
+    "ssim",
+]
+
+
+def split_photos(photos: list[Photo], cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """Indices of (train, val) photos: ``cfg.val_photos`` by name, else a seeded draw."""
+    if len(photos) < 2:
+        raise DataError(f"need at least 2 photos to hold some out for validation, found {len(photos)}")
+    names = [p.name for p in photos]
+    if cfg.val_photos:
+        unknown = [n for n in cfg.val_photos if n not in names]
+        if unknown:
+            raise DataError(f"data.val_photos {unknown} are not among the photos {names}")
+        val = sorted(names.index(n) for n in cfg.val_photos)
+        if len(val) == len(photos):
+            raise DataError("data.val_photos holds out every photo; nothing is left to train on")
+    else:
+        import numpy as np
+
+        n_val = min(len(photos) - 1, max(1, round(cfg.val_fraction * len(photos))))
+        val = sorted(int(i) for i in np.random.default_rng(cfg.seed).permutation(len(photos))[:n_val])
+    train = [i for i in range(len(photos)) if i not in set(val)]
+    return train, val
+
+
+def build_dataset(cfg: DataConfig, split: str) -> Dataset:
+    """The ``"train"`` or ``"val"`` dataset described by ``cfg``.
+
+    Checks files and folders now (clear DataError if empty/missing/malformed);
+    pixels are read lazily in ``__getitem__``.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if cfg.kind == "pipal":
+        if cfg.val_list_file is not None:
+            list_file, part = (cfg.list_file if split == "train" else cfg.val_list_file), None
+        else:
+            list_file, part = cfg.list_file, split
+        return PIPALPairs(cfg.root, list_file, cfg.crop, cfg.seed, split=part, val_fraction=cfg.val_fraction,
+                          layout=cfg.pipal, seed=cfg.seed, random_crop=(split == "train"))
+    get_labeller(cfg.labeller)  # fail now on an unknown or uninstallable labeller
+    photos = list_photos(cfg.root)
+    train, val = split_photos(photos, cfg)
+    chosen = train if split == "train" else val
+    length = cfg.num_samples if split == "train" else cfg.val_samples
+    return SyntheticPairs([photos[i] for i in chosen], chosen, cfg, split, length)

@@ -1,0 +1,172 @@
+"""Dataclass configs of the training data (one per concern).
+
+Every field can be set from YAML or a dotted ``data.x.y=value`` override; lists
+from YAML are coerced to tuples here so configs stay hashable and comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+KINDS = ("synthetic", "pipal")
+SPLITS = ("train", "val")
+LABELLERS = ("ssim", "ms_ssim", "stlpips_alex", "stlpips_vgg")
+DOWN_INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+UP_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+RESTORATION_OPS = ("interp", "unsharp", "denoise", "ringing", "gan_texture", "detail")
+
+
+def _range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair [min, max], got {value!r}") from None
+    if not (low <= a <= b <= high):
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+    return (a, b)
+
+
+def _prob(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _choices(name: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    bad = [v for v in items if v not in allowed]
+    if not items or bad:
+        raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {value!r}")
+    return items
+
+
+@dataclass
+class DegradationConfig:
+    """How the degraded reference is made from a pristine crop.
+
+    Order (a common real-world chain): blur -> downscale by ``scale`` -> noise
+    -> JPEG -> upscale back to the crop size. The low-resolution intermediate is
+    kept so "restorations" can start from it, like a real SR method would.
+    """
+
+    scale_range: tuple[float, float] = (1.5, 4.0)
+    down_interpolations: tuple[str, ...] = ("area", "bilinear", "bicubic")
+    up_interpolation: str = "bicubic"
+    blur_prob: float = 0.5
+    blur_sigma_range: tuple[float, float] = (0.4, 2.0)
+    noise_prob: float = 0.5
+    noise_sigma_range: tuple[float, float] = (0.005, 0.05)  # in [0, 1] intensity units
+    jpeg_prob: float = 0.5
+    jpeg_quality_range: tuple[float, float] = (30, 90)
+
+    def __post_init__(self) -> None:
+        self.scale_range = _range("degradation.scale_range", self.scale_range, 1.0, 16.0)
+        self.down_interpolations = _choices(
+            "degradation.down_interpolations", self.down_interpolations, DOWN_INTERPOLATIONS
+        )
+        if self.up_interpolation not in UP_INTERPOLATIONS:
+            raise ValueError(
+                f"degradation.up_interpolation must be one of {UP_INTERPOLATIONS}, got {self.up_interpolation!r}"
+            )
+        self.blur_prob = _prob("degradation.blur_prob", self.blur_prob)
+        self.noise_prob = _prob("degradation.noise_prob", self.noise_prob)
+        self.jpeg_prob = _prob("degradation.jpeg_prob", self.jpeg_prob)
+        self.blur_sigma_range = _range("degradation.blur_sigma_range", self.blur_sigma_range, 0.0, 20.0)
+        self.noise_sigma_range = _range("degradation.noise_sigma_range", self.noise_sigma_range, 0.0, 1.0)
+        self.jpeg_quality_range = _range("degradation.jpeg_quality_range", self.jpeg_quality_range, 1, 100)
+
+
+@dataclass
+class RestorationConfig:
+    """Which restoration-like operators make the two "restored" images.
+
+    Each restored image applies 1..``max_ops`` operators drawn from ``ops``
+    (without repetition) to the degraded image / its low-resolution version.
+    ``detail`` blends a random fraction of the true pristine detail back in,
+    standing for a restoration that genuinely recovers content, so labels span
+    "worse than the input" to "close to pristine".
+    """
+
+    ops: tuple[str, ...] = RESTORATION_OPS
+    max_ops: int = 2
+
+    def __post_init__(self) -> None:
+        self.ops = _choices("restoration.ops", self.ops, RESTORATION_OPS)
+        if not 1 <= int(self.max_ops) <= len(self.ops):
+            raise ValueError(f"restoration.max_ops must be in [1, {len(self.ops)}], got {self.max_ops!r}")
+        self.max_ops = int(self.max_ops)
+
+
+@dataclass
+class PIPALLayout:
+    """Sub-folders of a PIPAL-style root (``""`` = the root itself).
+
+    The list names the restored images; the degraded reference of ``X.bmp`` is
+    ``ref_X.bmp`` and the pristine image of ``A0001_xx_yy.bmp`` is ``A0001.bmp``.
+    """
+
+    restored_dir: str = ""
+    degraded_dir: str = ""
+    pristine_dir: str = ""
+    degraded_prefix: str = "ref_"
+    drop_pattern: str = "_06_"  # the official code drops these names
+
+
+@dataclass
+class DataConfig:
+    """Everything the trainer needs to build its datasets.
+
+    kind="synthetic": ``root`` is a folder of pristine photos (None = the photos
+    bundled with scikit-image); samples are generated on the fly.
+    kind="pipal": ``root`` + ``list_file`` (+ ``val_list_file``) in the PIPAL
+    layout; without ``val_list_file`` the scenes are split by ``val_fraction``.
+    """
+
+    kind: str = "synthetic"
+    root: str | None = None
+    list_file: str | None = None
+    val_list_file: str | None = None
+    crop: int = 288
+    num_samples: int = 512  # synthetic: samples per epoch in the train split
+    val_samples: int = 64  # synthetic: fixed samples in the val split
+    val_fraction: float = 0.2  # fraction of photos / scenes held out
+    val_photos: tuple[str, ...] = ()  # synthetic: explicit held-out photo stems
+    labeller: str = "ms_ssim"
+    seed: int = 0
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    restoration: RestorationConfig = field(default_factory=RestorationConfig)
+    pipal: PIPALLayout = field(default_factory=PIPALLayout)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"data.kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.labeller, str) or not self.labeller:
+            raise ValueError(f"data.labeller must be a labeller name such as {LABELLERS}, got {self.labeller!r}")
+        if int(self.crop) < 16:
+            raise ValueError(f"data.crop must be >= 16, got {self.crop!r}")
+        self.crop = int(self.crop)
+        if int(self.num_samples) < 1 or int(self.val_samples) < 1:
+            raise ValueError("data.num_samples and data.val_samples must be >= 1")
+        if not 0.0 < float(self.val_fraction) < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        self.val_photos = (self.val_photos,) if isinstance(self.val_photos, str) else tuple(self.val_photos)
+        for name, cls in (("degradation", DegradationConfig), ("restoration", RestorationConfig),
+                          ("pipal", PIPALLayout)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                setattr(self, name, _from_mapping(cls, value, f"data.{name}"))
+        if self.kind == "pipal" and (self.root is None or self.list_file is None):
+            raise ValueError("data.kind='pipal' needs data.root and data.list_file")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "DataConfig":
+        return _from_mapping(cls, raw, "data")
+
+
+def _from_mapping(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
+    return cls(**dict(raw))

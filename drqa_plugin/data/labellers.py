@@ -1,0 +1,122 @@
+"""Full-reference quality labellers for the synthetic pipeline.
+
+A labeller maps (images (N,3,H,W), pristine (N or 1,3,H,W)), float RGB in
+[0, 1], to a quality score (N,) in [0, 1], higher = better. Built in: SSIM and
+MS-SSIM (own torch code, no extra dependency) and, when the optional
+``stlpips-pytorch`` wheel is installed, shift-tolerant LPIPS (1 - distance).
+Register more with :func:`register_labeller`.
+
+See docs/data.md and shared labels.md: SSIM-type labels prefer blur over GAN
+texture; a learned perceptual metric is the better teacher where available.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Labeller(Protocol):
+    def __call__(self, images: Tensor, pristine: Tensor) -> Tensor: ...
+
+
+_FACTORIES: dict[str, Callable[[], Labeller]] = {}
+
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def register_labeller(name: str, factory: Callable[[], Labeller]) -> None:
+    """Make ``factory()`` available as ``DataConfig.labeller = name``."""
+    _FACTORIES[name] = factory
+
+
+def available_labellers() -> tuple[str, ...]:
+    return tuple(sorted(_FACTORIES))
+
+
+@lru_cache(maxsize=None)
+def get_labeller(name: str) -> Labeller:
+    """The labeller called ``name``, built once per process."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown labeller {name!r}; available: {available_labellers()}")
+    return _FACTORIES[name]()
+
+
+@lru_cache(maxsize=8)
+def _gaussian_window(size: int, sigma: float) -> Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _filter(x: Tensor, window: Tensor) -> Tensor:
+    # Separable "valid" Gaussian filtering per channel (as in the SSIM paper: no padding).
+    c = x.shape[1]
+    k = window.to(x)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _ssim_maps(x: Tensor, y: Tensor, window: Tensor, data_range: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Per-image SSIM and contrast-structure means, both (N,)."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = _filter(x, window), _filter(y, window)
+    sxx = _filter(x * x, window) - mu_x**2
+    syy = _filter(y * y, window) - mu_y**2
+    sxy = _filter(x * y, window) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def _check(images: Tensor, pristine: Tensor) -> tuple[Tensor, Tensor]:
+    if images.ndim != 4 or pristine.ndim != 4 or images.shape[1:] != pristine.shape[1:]:
+        raise ValueError(f"labeller needs (N,C,H,W) images of one size, got {tuple(images.shape)} "
+                         f"and {tuple(pristine.shape)}")
+    return images.float(), pristine.float().expand_as(images)
+
+
+def ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM over RGB channels (Gaussian 11x11, sigma 1.5, K=(0.01, 0.03))."""
+    x, y = _check(images, pristine)
+    if min(x.shape[-2:]) < window_size:
+        raise ValueError(f"SSIM needs images of at least {window_size} px, got {tuple(x.shape[-2:])}")
+    return _ssim_maps(x, y, _gaussian_window(window_size, sigma))[0].clamp(0.0, 1.0)
+
+
+def ms_ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Multi-scale SSIM (Wang et al. 2003 weights).
+
+    Small crops cannot hold all 5 scales with an 11 px window; only the scales
+    that fit are used and their weights renormalised, so crops >= 176 px give
+    standard MS-SSIM and smaller crops a close variant.
+    """
+    x, y = _check(images, pristine)
+    scales = 0
+    size = min(x.shape[-2:])
+    while scales < len(_MS_SSIM_WEIGHTS) and size >= window_size:
+        scales += 1
+        size //= 2
+    if scales == 0:
+        raise ValueError(f"MS-SSIM needs images of at least {window_size} px, got {tuple(x.shape[-2:])}")
+    weights = torch.tensor(_MS_SSIM_WEIGHTS[:scales])
+    weights = weights / weights.sum()
+    window = _gaussian_window(window_size, sigma)
+    values = []
+    for i in range(scales):
+        s, cs = _ssim_maps(x, y, window)
+        values.append(s if i == scales - 1 else cs)
+        if i < scales - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    # Negative contrast-structure would make fractional powers undefined.
+    stacked = torch.stack(values, 1).clamp_min(1e-6)
+    return torch.prod(stacked ** weights.to(stacked), dim=1).clamp(0.0, 1.0)
+
+
+register_labeller("ssim", lambda: ssim)
+register_labeller("ms_ssim", lambda: ms_ssim)

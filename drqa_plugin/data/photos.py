@@ -1,0 +1,120 @@
+"""Pristine photo sources: any folder of images, or the photos scikit-image ships.
+
+Only file headers are read when a source is listed (fast, and it proves each
+file is a readable image); pixels are decoded on first use and cached.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Natural photos among scikit-image's bundled data files (no synthetic patterns,
+# documents, binary masks or already-blurred images); all are >= 300 px.
+BUNDLED_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
+
+
+class DataError(ValueError):
+    """A data folder, list file or image is missing, empty or malformed."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: str
+    name: str  # file stem, used for held-out selection and sample names
+    width: int
+    height: int
+
+
+def bundled_photo_dir() -> Path:
+    """The folder of scikit-image's data files inside the installed package."""
+    try:
+        import skimage.data
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError(
+            "the default photos come from scikit-image; install it (pip install scikit-image) "
+            "or set data.root to a folder of photos"
+        ) from exc
+    return Path(skimage.data.__file__).parent
+
+
+def _probe(path: Path) -> Photo | None:
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError):
+        return None
+    return Photo(str(path), path.stem, width, height)
+
+
+def list_photos(root: str | os.PathLike | None = None) -> list[Photo]:
+    """Readable photos of ``root`` (recursive, sorted), or the bundled ones when None."""
+    if root is None:
+        folder = bundled_photo_dir()
+        candidates = [folder / name for name in BUNDLED_PHOTOS]
+        missing = [str(p) for p in candidates if not p.is_file()]
+        if missing:
+            raise DataError(f"scikit-image's bundled photos are missing from the installation: {missing}")
+    else:
+        folder = Path(root)
+        if not folder.is_dir():
+            raise DataError(f"photo folder {str(folder)!r} does not exist or is not a folder")
+        candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not candidates:
+            raise DataError(f"photo folder {str(folder)!r} has no image files (looked for {IMAGE_SUFFIXES})")
+    photos = [p for p in (_probe(c) for c in candidates) if p is not None]
+    if not photos:
+        raise DataError(f"photo folder {str(folder)!r} has no readable images ({len(candidates)} file(s) failed)")
+    names = [p.name for p in photos]
+    if len(set(names)) != len(names):
+        # Stems identify photos in configs (val_photos); keep them unique.
+        photos = [Photo(p.path, str(Path(p.path).relative_to(folder).with_suffix("")), p.width, p.height)
+                  for p in photos]
+    return photos
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 RGB HWC (grey and alpha images converted)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P") and im.mode != "RGB":
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {str(path)!r}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+@lru_cache(maxsize=64)
+def read_rgb_cached(path: str) -> np.ndarray:
+    """Decoded photo, cached per process (each DataLoader worker has its own cache)."""
+    image = read_rgb(path)
+    image.setflags(write=False)
+    return image

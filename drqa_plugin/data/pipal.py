@@ -1,0 +1,214 @@
+"""PIPAL-style labelled data, in the layout of the official CKDN code.
+
+List file: one ``A0001_00_00.bmp,<MOS>`` per line (Elo MOS as in PIPAL).
+For a listed name ``X`` under ``root``:
+
+* restored   ``root/<restored_dir>/X``
+* degraded   ``root/<degraded_dir>/ref_X`` (the "matched degraded image")
+* pristine   ``root/<pristine_dir>/A0001.bmp`` (scene id = name up to the first ``_``)
+* restored_2 another listed image of the same scene, drawn from (seed, epoch, index)
+
+Names containing ``_06_`` are dropped, as the official code does.
+Target = (MOS - 900) / 1000.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from drqa_plugin.data.config import PIPALLayout
+from drqa_plugin.data.photos import DataError, read_rgb
+
+MOS_OFFSET = 900.0
+MOS_SCALE = 1000.0
+_MAX_LISTED = 5  # missing files quoted in an error message
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    name: str
+    mos: float
+    scene: str
+    line: int  # 1-based line number in the list file
+
+
+def mos_to_target(mos: float) -> float:
+    return (mos - MOS_OFFSET) / MOS_SCALE
+
+
+def scene_of(name: str) -> str:
+    stem = Path(name).name
+    return stem.split("_", 1)[0]
+
+
+def read_pipal_list(list_file: str | os.PathLike, drop_pattern: str = "_06_") -> list[ListEntry]:
+    """Parse a ``name,MOS`` list; blank lines and ``#`` comments are skipped.
+
+    Raises DataError naming the file and line for malformed lines, bad MOS
+    values, names without a scene prefix and duplicates.
+    """
+    path = Path(list_file)
+    if not path.is_file():
+        raise DataError(f"list file {str(path)!r} does not exist")
+    entries: list[ListEntry] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path}:{number}"
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) != 2 or not parts[0]:
+                raise DataError(f"{where}: expected '<image name>,<MOS>', got {line!r}")
+            name, mos_text = parts
+            try:
+                mos = float(mos_text)
+            except ValueError:
+                raise DataError(f"{where}: MOS {mos_text!r} is not a number (line {line!r})") from None
+            if not math.isfinite(mos):
+                raise DataError(f"{where}: MOS must be finite, got {mos_text!r}")
+            if "_" not in Path(name).name:
+                raise DataError(f"{where}: cannot derive the scene of {name!r} "
+                                "(PIPAL names look like A0001_00_00.bmp)")
+            if name in seen:
+                raise DataError(f"{where}: {name!r} is listed twice (first on line {seen[name]})")
+            seen[name] = number
+            if drop_pattern and drop_pattern in Path(name).name:
+                continue
+            entries.append(ListEntry(name, mos, scene_of(name), number))
+    if not entries:
+        raise DataError(f"list file {str(path)!r} has no usable entries")
+    return entries
+
+
+def pipal_paths(root: str | os.PathLike, name: str, layout: PIPALLayout) -> tuple[Path, Path, Path]:
+    """(restored, degraded, pristine) paths of a listed name."""
+    base = Path(root)
+    rel = Path(name)
+    restored = base / layout.restored_dir / rel
+    degraded = base / layout.degraded_dir / rel.parent / f"{layout.degraded_prefix}{rel.name}"
+    pristine = base / layout.pristine_dir / rel.parent / f"{scene_of(name)}{rel.suffix}"
+    return restored, degraded, pristine
+
+
+def check_files(list_file: str | os.PathLike, groups: Sequence[tuple[int, Sequence[Path]]]) -> None:
+    """Raise one DataError listing (up to a few) missing files with their list lines."""
+    missing = [(line, p) for line, paths in groups for p in paths if not p.is_file()]
+    if missing:
+        shown = "; ".join(f"line {line}: {p}" for line, p in missing[:_MAX_LISTED])
+        more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+        raise DataError(f"{len(missing)} file(s) named by {list_file} are missing: {shown}{more}")
+
+
+def split_scenes(scenes: Sequence[str], val_fraction: float, split_seed: int) -> tuple[set[str], set[str]]:
+    """Deterministic (train, val) partition of scene ids; at least one scene each."""
+    unique = sorted(set(scenes))
+    if len(unique) < 2:
+        raise DataError(f"need at least 2 scenes to split train/val, found {len(unique)}")
+    order = np.random.default_rng(int(split_seed)).permutation(len(unique))
+    n_val = min(len(unique) - 1, max(1, round(val_fraction * len(unique))))
+    val = {unique[i] for i in order[:n_val]}
+    return set(unique) - val, val
+
+
+def _to_tensor(x: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).float().div_(255.0)
+
+
+class PIPALPairs(Dataset):
+    """Samples of a PIPAL-layout list, same dict format as the synthetic pipeline.
+
+    ``split=None`` uses every entry; "train"/"val" partition the scenes by
+    ``val_fraction`` and ``split_seed`` (or pass a separate val list and
+    ``split=None``). Training crops are random (from seed, epoch, index),
+    ``random_crop=False`` takes the centre. Images smaller than ``crop`` raise.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        list_file: str | os.PathLike,
+        crop: int = 288,
+        split_seed: int = 0,
+        *,
+        split: str | None = None,
+        val_fraction: float = 0.2,
+        layout: PIPALLayout | None = None,
+        seed: int = 0,
+        random_crop: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"PIPAL root {str(self.root)!r} does not exist or is not a folder")
+        self.layout = layout or PIPALLayout()
+        self.crop = int(crop)
+        self.seed = int(seed)
+        self.random_crop = random_crop
+        self.epoch = 0
+        entries = read_pipal_list(list_file, self.layout.drop_pattern)
+        if split is not None:
+            if split not in ("train", "val"):
+                raise ValueError(f"split must be None, 'train' or 'val', got {split!r}")
+            train, val = split_scenes([e.scene for e in entries], val_fraction, split_seed)
+            keep = train if split == "train" else val
+            entries = [e for e in entries if e.scene in keep]
+        self.entries = entries
+        self.paths = [pipal_paths(self.root, e.name, self.layout) for e in entries]
+        check_files(list_file, [(e.line, p) for e, p in zip(entries, self.paths)])
+        scenes = sorted({e.scene for e in entries})
+        self.scene_ids = {s: i for i, s in enumerate(scenes)}
+        self.by_scene: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            self.by_scene.setdefault(e.scene, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _crop_box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
+        c = self.crop
+        if self.random_crop:
+            return int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        return (h - c) // 2, (w - c) // 2
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        rng = np.random.default_rng([self.seed, 2, self.epoch, int(index)])
+        others = [j for j in self.by_scene[entry.scene] if j != index]
+        # A scene listed once pairs with itself (the ranking target is then 0.5).
+        partner = others[int(rng.integers(len(others)))] if others else index
+        restored_path, degraded_path, pristine_path = self.paths[index]
+        arrays = {
+            "restored": read_rgb(restored_path),
+            "degraded": read_rgb(degraded_path),
+            "restored_2": read_rgb(self.paths[partner][0]),
+            "pristine": read_rgb(pristine_path),
+        }
+        shapes = {k: a.shape[:2] for k, a in arrays.items()}
+        if len(set(shapes.values())) != 1:
+            raise DataError(f"{entry.name} (list line {entry.line}): images differ in size {shapes}")
+        h, w = arrays["restored"].shape[:2]
+        if min(h, w) < self.crop:
+            raise DataError(f"{entry.name} (list line {entry.line}): {w}x{h} is smaller than crop {self.crop}")
+        top, left = self._crop_box(h, w, rng)
+        c = self.crop
+        sample = {k: _to_tensor(a[top:top + c, left:left + c]) for k, a in arrays.items()}
+        return {
+            **sample,
+            "target": torch.tensor(mos_to_target(entry.mos), dtype=torch.float32),
+            "target_2": torch.tensor(mos_to_target(self.entries[partner].mos), dtype=torch.float32),
+            "group": self.scene_ids[entry.scene],
+            "name": entry.name,
+        }
