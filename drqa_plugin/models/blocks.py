@@ -52,7 +52,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a conv into that conv.
 
     Works in place on :class:`Bottleneck` blocks (the only place CKDN has BN) and
-    returns ``module``. The folded network computes the same function with fewer
+    returns ``module``; folding twice is harmless. The folded network computes the same function with fewer
     memory passes; it must only be used for inference.
     """
     for block in module.modules():
@@ -60,9 +60,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             continue
         for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
             conv, bn = getattr(block, conv_name), getattr(block, bn_name)
-            setattr(block, conv_name, _fused_conv(conv, bn))
-            setattr(block, bn_name, nn.Identity())
-        if block.downsample is not None:
+            if isinstance(bn, nn.BatchNorm2d):  # already folded blocks are left alone
+                setattr(block, conv_name, _fused_conv(conv, bn))
+                setattr(block, bn_name, nn.Identity())
+        if block.downsample is not None and isinstance(block.downsample[1], nn.BatchNorm2d):
             conv, bn = block.downsample[0], block.downsample[1]
             block.downsample = nn.Sequential(_fused_conv(conv, bn), nn.Identity())
     return module
