@@ -1,0 +1,86 @@
+"""Checks of the DR-IQA parts of a BasicSR option file, run before BasicSR writes anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from drqa_plugin.integrations.basicsr.metrics import METRIC_KEYS
+from drqa_plugin.integrations.basicsr.models import DRIQAModelMixin
+from drqa_plugin.integrations.basicsr.options_check import OptionError, check_keys
+from drqa_plugin.loss import RANDOM_WEIGHTS, config_keys
+from drqa_plugin.weights import load_model
+
+_TARGET_LOSSES = ("pixel_opt", "perceptual_opt", "gan_opt", "ldl_opt")
+
+
+def check_weights(weights: Any, where: str, *, allow_random: bool = False) -> None:
+    """Load a weights file once to prove it exists and fits its architecture, naming the option."""
+    if weights is None:
+        raise OptionError(f"{where}: 'weights' is required (a drqa-plugin .safetensors file)")
+    if allow_random and weights == RANDOM_WEIGHTS:
+        return
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: weights file not found: {path}")
+    try:
+        load_model(path)
+    except ValueError as exc:  # WeightsError and friends
+        raise OptionError(f"{where}: {exc}") from exc
+
+
+def _model_class(options: Mapping[str, Any]) -> type | None:
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    name = options.get("model_type")
+    return MODEL_REGISTRY.get(name) if name and name in MODEL_REGISTRY else None
+
+
+def _check_model_type(options: Mapping[str, Any], why: str) -> None:
+    cls = _model_class(options)
+    if cls is not None and not issubclass(cls, DRIQAModelMixin):
+        raise OptionError(
+            f"model_type {options['model_type']} {why}; use DRIQASRModel, DRIQASRGANModel "
+            "or DRIQARealESRGANModel (the same models with the LQ image wired in)"
+        )
+
+
+def check_train_options(train: Mapping[str, Any]) -> bool:
+    """Check ``train.driqa_opt`` and the other loss slots; True if DR-IQA is trained with."""
+    for key in _TARGET_LOSSES:
+        opt = train.get(key)
+        if isinstance(opt, Mapping) and opt.get("type") == "DRIQALoss":
+            raise OptionError(
+                f"train.{key} has type DRIQALoss, which would compare the output with the GT; "
+                "DR-IQA compares it with the LQ input: put it in train.driqa_opt"
+            )
+    driqa_opt = train.get("driqa_opt")
+    if not driqa_opt:
+        return False
+    if not isinstance(driqa_opt, Mapping):
+        raise OptionError("train.driqa_opt must be a mapping of DRIQALoss options")
+    if driqa_opt.get("type", "DRIQALoss") == "DRIQALoss":
+        check_keys(driqa_opt, ("type", *config_keys()), "train.driqa_opt (DRIQALoss)")
+        check_weights(driqa_opt.get("weights"), "train.driqa_opt", allow_random=True)
+    return True
+
+
+def check_metric_options(metrics: Mapping[str, Any]) -> bool:
+    """Check every ``calculate_driqa`` entry; True if there is one."""
+    found = False
+    for name, opt in metrics.items():
+        if isinstance(opt, Mapping) and opt.get("type") == "calculate_driqa":
+            found = True
+            where = f"val.metrics.{name} (calculate_driqa)"
+            check_keys(opt, ("type", *METRIC_KEYS), where)
+            check_weights(opt.get("weights"), where)
+    return found
+
+
+def check_options(options: Mapping[str, Any], *, is_train: bool) -> None:
+    """Raise :class:`OptionError` (naming the key) for DR-IQA options BasicSR would misuse or ignore."""
+    if is_train and check_train_options(options.get("train") or {}):
+        _check_model_type(options, "ignores train.driqa_opt")
+    metrics = (options.get("val") or {}).get("metrics") or {}
+    if check_metric_options(metrics):
+        _check_model_type(options, "does not pass the LQ image that calculate_driqa needs")
