@@ -65,24 +65,36 @@ def _filter(x: Tensor, window: Tensor) -> Tensor:
 def _ssim_maps(x: Tensor, y: Tensor, window: Tensor, data_range: float = 1.0) -> tuple[Tensor, Tensor]:
     """Per-image SSIM and contrast-structure means, both (N,)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = _filter(x, window), _filter(y, window)
-    sxx = _filter(x * x, window) - mu_x**2
-    syy = _filter(y * y, window) - mu_y**2
-    sxy = _filter(x * y, window) - mu_x * mu_y
+    # One grouped convolution for all five moments: per-call overhead dominates on CPU.
+    moments = _filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)
+    mu_x, mu_y, exx, eyy, exy = moments.chunk(5, dim=1)
+    sxx = exx - mu_x**2
+    syy = eyy - mu_y**2
+    sxy = exy - mu_x * mu_y
     cs = (2 * sxy + c2) / (sxx + syy + c2)
     lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def luminance(x: Tensor) -> Tensor:
+    """BT.601 luma (N,1,H,W) of RGB (N,3,H,W); grey (N,1,H,W) passes through."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
 
 
 def _check(images: Tensor, pristine: Tensor) -> tuple[Tensor, Tensor]:
     if images.ndim != 4 or pristine.ndim != 4 or images.shape[1:] != pristine.shape[1:]:
         raise ValueError(f"labeller needs (N,C,H,W) images of one size, got {tuple(images.shape)} "
                          f"and {tuple(pristine.shape)}")
-    return images.float(), pristine.float().expand_as(images)
+    # SSIM is conventionally computed on luma; it also costs a third of per-channel RGB.
+    x = luminance(images.float())
+    return x, luminance(pristine.float()).expand_as(x)
 
 
 def ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Mean SSIM over RGB channels (Gaussian 11x11, sigma 1.5, K=(0.01, 0.03))."""
+    """SSIM of the BT.601 luma (Gaussian 11x11, sigma 1.5, K=(0.01, 0.03), no padding)."""
     x, y = _check(images, pristine)
     if min(x.shape[-2:]) < window_size:
         raise ValueError(f"SSIM needs images of at least {window_size} px, got {tuple(x.shape[-2:])}")
@@ -90,7 +102,7 @@ def ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: float =
 
 
 def ms_ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Multi-scale SSIM (Wang et al. 2003 weights).
+    """Multi-scale SSIM of the BT.601 luma (Wang et al. 2003 weights).
 
     Small crops cannot hold all 5 scales with an 11 px window; only the scales
     that fit are used and their weights renormalised, so crops >= 176 px give
@@ -120,3 +132,76 @@ def ms_ssim(images: Tensor, pristine: Tensor, window_size: int = 11, sigma: floa
 
 register_labeller("ssim", lambda: ssim)
 register_labeller("ms_ssim", lambda: ms_ssim)
+
+
+def _import_stlpips():
+    """Import the optional ``stlpips_pytorch`` package.
+
+    Its modules import ``IPython.embed`` and ``torchsummary.summary`` at import
+    time without declaring either dependency, and never call them. When those
+    packages are absent, inert stand-ins are present only during the import and
+    removed afterwards, so no other code sees them.
+    """
+    import importlib
+    import sys
+    import types
+
+    added = []
+    for module, attr in (("IPython", "embed"), ("torchsummary", "summary")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            stand_in = types.ModuleType(module)
+            setattr(stand_in, attr, lambda *args, **kwargs: None)
+            sys.modules[module] = stand_in
+            added.append(module)
+    try:
+        from stlpips_pytorch import stlpips
+    except ImportError as exc:
+        raise ImportError(
+            "labeller 'stlpips_*' needs the optional package stlpips-pytorch: "
+            "pip install --no-deps stlpips-pytorch"
+        ) from exc
+    finally:
+        for module in added:
+            sys.modules.pop(module, None)
+    return stlpips
+
+
+class STLPIPSLabeller:
+    """Quality = 1 - ShiftTolerant-LPIPS distance (Ghildyal & Liu 2022), clamped to [0, 1].
+
+    Weights ship inside the ``stlpips-pytorch`` wheel (BSD-2); they are loaded
+    here with ``weights_only=True`` and checked strictly (the package's own
+    loader is non-strict and saves the linear heads under different names).
+    Costly at large crops: the shift-tolerant trunk runs its first 11x11
+    convolution at full resolution (see docs/data.md for timings).
+    """
+
+    def __init__(self, net: str = "alex") -> None:
+        import os
+
+        stlpips = _import_stlpips()
+        self.model = stlpips.LPIPS(pretrained=False, net=net, variant="shift_tolerant", verbose=False)
+        path = os.path.join(os.path.dirname(stlpips.__file__), "weights", "vST0.0", f"{net}_shift_tolerant.pth")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The file names the linear heads lin<i>.*; the module also exposes them as lins.<i>.*.
+        for key in list(state):
+            if key.startswith("lin") and not key.startswith("lins."):
+                index, rest = key[3:].split(".", 1)
+                state[f"lins.{index}.{rest}"] = state[key]
+        self.model.load_state_dict(state, strict=True)
+        self.model.eval().requires_grad_(False)
+
+    def __call__(self, images: Tensor, pristine: Tensor) -> Tensor:
+        if images.ndim != 4 or pristine.ndim != 4 or images.shape[1:] != pristine.shape[1:]:
+            raise ValueError(f"labeller needs (N,3,H,W) images of one size, got {tuple(images.shape)} "
+                             f"and {tuple(pristine.shape)}")
+        x = images.float()
+        with torch.no_grad():
+            distance = self.model(x, pristine.float().expand_as(x), normalize=True)
+        return (1.0 - distance.flatten()).clamp(0.0, 1.0)
+
+
+register_labeller("stlpips_alex", lambda: STLPIPSLabeller("alex"))
+register_labeller("stlpips_vgg", lambda: STLPIPSLabeller("vgg"))
