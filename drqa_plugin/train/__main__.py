@@ -1,0 +1,37 @@
+"""``python -m drqa_plugin.train --config RECIPE.yaml [key=value ...]`` (also under ``accelerate launch``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from drqa_plugin.train.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m drqa_plugin.train",
+        description="Train a CKDN degraded-reference IQA model (run it under `accelerate launch` for several processes).",
+        epilog="Overrides are dotted keys of the config, e.g. max_steps=20 output_dir=runs/x data.root=/data/PIPAL "
+        "resume=latest optim.lr=0.01 runtime.mixed_precision=bf16",
+    )
+    parser.add_argument("--config", help="YAML recipe (recipes/configs/*.yaml); defaults are used without it")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from drqa_plugin.train.trainer import train  # heavy imports only after the config is valid
+
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

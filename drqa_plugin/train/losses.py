@@ -1,0 +1,59 @@
+"""The four CKDN distillation losses and the two-stage schedule.
+
+Stage 1 optimises only the no-reference ranking term d3; stage 2 optimises the
+student (d1), teacher (d2) and feature-distillation (d4) terms. Each stage asks
+the model only for the paths its losses need, so the other branches do no work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from drqa_plugin.models.ckdn import TrainOutputs
+from drqa_plugin.train.config import LossConfig, ScheduleConfig
+
+STAGE_PATHS: dict[int, tuple[str, ...]] = {1: ("nr",), 2: ("dr", "fr", "gap")}
+LOSS_TERMS = ("d1", "d2", "d3", "d4")
+
+
+def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
+    """1 before the stage boundary, 2 from it on (boundary in epochs or optimiser steps)."""
+    position = epoch if schedule.unit == "epoch" else step
+    return 1 if position < schedule.stage2_start else 2
+
+
+def ranking_target(t1: Tensor, t2: Tensor, rank_scale: float) -> Tensor:
+    """Elo probability that restored_2 beats restored_1: 1 / (1 + 10^((t1 - t2) * scale))."""
+    return torch.sigmoid((t2 - t1) * (rank_scale * torch.log(torch.tensor(10.0, dtype=t1.dtype))))
+
+
+@dataclass
+class StageLoss:
+    total: Tensor
+    terms: dict[str, Tensor]  # weighted terms that make up ``total`` (detached)
+
+
+def distillation_loss(
+    out: TrainOutputs, target: Tensor, target_2: Tensor, stage: int, cfg: LossConfig
+) -> StageLoss:
+    """Weighted loss of ``stage`` from the model outputs (scores in float32 for stable squares)."""
+    t1 = target.float()
+    terms: dict[str, Tensor] = {}
+    if stage == 1:
+        if out.nr is None:
+            raise ValueError("stage 1 needs the 'nr' path of the model")
+        t3 = ranking_target(t1, target_2.float(), cfg.rank_scale)
+        terms["d3"] = cfg.ranking * (out.nr.float() - t3).pow(2).mean()
+    elif stage == 2:
+        if out.dr is None or out.fr is None or out.feature_gap is None:
+            raise ValueError("stage 2 needs the 'dr', 'fr' and 'gap' paths of the model")
+        terms["d1"] = cfg.student * (out.dr.float() - t1).pow(2).mean()
+        terms["d2"] = cfg.teacher * (out.fr.float() - t1).pow(2).mean()
+        terms["d4"] = cfg.distill * out.feature_gap.float().pow(2).mean()
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    total = torch.stack(list(terms.values())).sum()
+    return StageLoss(total, {k: v.detach() for k, v in terms.items()})
