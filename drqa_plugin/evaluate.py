@@ -102,7 +102,7 @@ def read_labelled_list(list_file: str | os.PathLike, root: str | os.PathLike | N
         raise DataError(f"root {str(base)!r} does not exist or is not a folder")
     layout = layout or PIPALLayout()
     header = [c.strip().lower() for c in _first_line(path).split(",")]
-    if set(CSV_COLUMNS) <= set(header):
+    if set(CSV_COLUMNS) & set(header):  # a header line: CSV (missing columns reported there)
         pairs = _read_csv(path, base)
     else:
         pairs = []
@@ -176,7 +176,7 @@ def _write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray)
         writer.writerow(["restored", "degraded", "mos", "group", "pred"])
         for pair, pred in zip(pairs, preds):
             writer.writerow([pair.restored, pair.degraded, pair.mos, pair.group,
-                             "" if math.isnan(pred) else f"{pred:.6f}"])
+                             "" if math.isnan(pred) else repr(float(pred))])
     os.replace(tmp, path)
 
 

@@ -9,6 +9,7 @@ resume, with no state shared between them. All work happens at crop size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import cv2
@@ -175,14 +176,16 @@ def _to_tensor(x: FloatImage) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
 
-def _crop_source(photo: Photo, crop: int) -> np.ndarray:
-    image = read_rgb_cached(photo.path)
+@lru_cache(maxsize=64)
+def _crop_source(path: str, crop: int) -> np.ndarray:
+    """The decoded photo, upscaled once if its shorter side is below ``crop``."""
+    image = read_rgb_cached(path)
     h, w = image.shape[:2]
     if min(h, w) < crop:
-        # Small photos are upscaled once so any crop size works.
         factor = crop / min(h, w)
         image = cv2.resize(image, (max(crop, round(w * factor)), max(crop, round(h * factor))),
                            interpolation=cv2.INTER_CUBIC)
+        image.setflags(write=False)
     return image
 
 
@@ -219,7 +222,7 @@ class SyntheticPairs(Dataset):
         rng = sample_rng(self.cfg.seed, self.split, self.epoch, index)
         slot = index % len(self.photos)
         photo = self.photos[slot]
-        source = _crop_source(photo, self.cfg.crop)
+        source = _crop_source(photo.path, self.cfg.crop)
         c = self.cfg.crop
         top = int(rng.integers(source.shape[0] - c + 1))
         left = int(rng.integers(source.shape[1] - c + 1))
