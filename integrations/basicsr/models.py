@@ -56,6 +56,8 @@ class DRIQAModelMixin:
     """
 
     cri_driqa: torch.nn.Module | None = None
+    #: checked by the launcher (by attribute: the class may have been imported twice)
+    passes_lq_to_metrics = True
     #: whether feed_data must find 'lq' in training batches (Real-ESRGAN makes its own)
     lq_from_batch_in_training = True
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from drqa_plugin.integrations.basicsr.metrics import METRIC_KEYS
-from drqa_plugin.integrations.basicsr.models import DRIQAModelMixin
 from drqa_plugin.integrations.basicsr.options_check import OptionError, check_keys
 from drqa_plugin.loss import RANDOM_WEIGHTS, config_keys
 from drqa_plugin.weights import load_model
@@ -38,7 +37,7 @@ def _model_class(options: Mapping[str, Any]) -> type | None:
 
 def _check_model_type(options: Mapping[str, Any], why: str) -> None:
     cls = _model_class(options)
-    if cls is not None and not issubclass(cls, DRIQAModelMixin):
+    if cls is not None and not getattr(cls, "passes_lq_to_metrics", False):
         raise OptionError(
             f"model_type {options['model_type']} {why}; use DRIQASRModel, DRIQASRGANModel "
             "or DRIQARealESRGANModel (the same models with the LQ image wired in)"
