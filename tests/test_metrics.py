@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from drqa_plugin.metrics import EvalResult, evaluate, krcc, plcc, srcc
+from drqa_plugin.metrics import EvalResult, evaluate, krcc, plcc, rankdata, srcc
 
 
 def _made_up(n: int, seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +23,12 @@ def test_matches_scipy(n, seed, ties):
     assert srcc(p, t) == pytest.approx(stats.spearmanr(p, t).statistic, abs=1e-12)
     assert plcc(p, t) == pytest.approx(stats.pearsonr(p, t).statistic, abs=1e-12)
     assert krcc(p, t) == pytest.approx(stats.kendalltau(p, t).statistic, abs=1e-12)
+
+
+def test_rankdata_matches_scipy():
+    rng = np.random.default_rng(5)
+    for values in (rng.integers(0, 4, size=50).astype(float), rng.normal(size=20), np.ones(7), np.array([3.0])):
+        np.testing.assert_array_equal(rankdata(values), stats.rankdata(values))
 
 
 def test_perfect_and_inverted_rankings():

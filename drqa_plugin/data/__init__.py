@@ -26,7 +26,18 @@ from drqa_plugin.data.config import (
 from drqa_plugin.data.labellers import available_labellers, get_labeller, ms_ssim, register_labeller, ssim
 from drqa_plugin.data.photos import BUNDLED_PHOTOS, DataError, Photo, list_photos, read_rgb
 from drqa_plugin.data.pipal import PIPALPairs, read_pipal_list
-from drqa_plugin.data.synthetic import SyntheticPairs, degrade, restore
+
+# The synthetic pipeline needs OpenCV; import it on first use so that PIPAL data,
+# ``drqa eval`` and the metrics work without it.
+_SYNTHETIC = ("SyntheticPairs", "degrade", "restore")
+
+
+def __getattr__(name: str):
+    if name in _SYNTHETIC:
+        from drqa_plugin.data import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BUNDLED_PHOTOS",
@@ -89,6 +100,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             list_file, part = cfg.list_file, split
         return PIPALPairs(cfg.root, list_file, cfg.crop, cfg.seed, split=part, val_fraction=cfg.val_fraction,
                           layout=cfg.pipal, seed=cfg.seed, random_crop=(split == "train"))
+    from drqa_plugin.data.synthetic import SyntheticPairs
+
     get_labeller(cfg.labeller)  # fail now on an unknown or uninstallable labeller
     photos = list_photos(cfg.root)
     train, val = split_photos(photos, cfg)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -21,6 +20,13 @@ from torch.utils.data import Dataset
 from drqa_plugin.data.config import DataConfig, DegradationConfig, RestorationConfig
 from drqa_plugin.data.labellers import get_labeller
 from drqa_plugin.data.photos import DataError, Photo, read_rgb_cached
+
+try:
+    import cv2
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the synthetic data pipeline needs OpenCV: pip install opencv-python-headless"
+    ) from exc
 
 _CV2_INTERP = {
     "nearest": cv2.INTER_NEAREST,
