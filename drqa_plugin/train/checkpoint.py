@@ -31,6 +31,7 @@ class TrainerState:
     step: int = 0  # optimiser steps done
     epoch: int = 0  # epoch the next batch belongs to
     batch_in_epoch: int = 0  # batches of ``epoch`` already consumed (per process)
+    stage: int = 0  # schedule stage of the last optimiser step (0: none yet)
     best_score: float | None = None  # best val SRCC + PLCC so far
     best_step: int | None = None
     num_processes: int = 1

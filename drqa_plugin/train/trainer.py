@@ -231,9 +231,26 @@ def clear_momentum(optimizer: Any, branches: frozenset[str]) -> None:
 # ----------------------------------------------------------------------------- data
 
 
+class FixedSamples(Dataset):
+    """Hides a dataset's ``set_epoch`` so the validation samples stay the same at every evaluation.
+
+    (Accelerate calls ``dataset.set_epoch(iteration)`` on every pass over a prepared
+    loader whose sampler has no ``set_epoch``, which would redraw synthetic val pairs.)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
 def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
     train_set = build_dataset(cfg.data, split="train")
-    val_set = build_dataset(cfg.data, split="val")
+    val_set = FixedSamples(build_dataset(cfg.data, split="val"))
     if len(train_set) == 0:
         raise TrainingError(f"the training data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
     if len(val_set) == 0:
@@ -464,7 +481,7 @@ def _loop(run: Run) -> EvalResult | None:
     a, cfg, state = run.accelerator, run.cfg, run.state
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", dynamic_ncols=True,
                disable=not (a.is_main_process and cfg.log.progress))
-    stage = 0
+    stage = state.stage  # known across resumes, so a boundary right after a resume still clears momentum
     sums: dict[str, float] = {}
     count = 0
     last_eval: EvalResult | None = None
@@ -476,6 +493,7 @@ def _loop(run: Run) -> EvalResult | None:
             if new_stage != stage:
                 _enter_stage(run, stage, new_stage)
                 stage = new_stage
+            state.stage = stage
             set_lr(run.optimizer, base_lr(cfg, state.step, run.total_steps), stage)
             terms = _train_batch(run, batch, stage)
             for k, v in terms.items():
