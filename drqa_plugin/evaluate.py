@@ -3,7 +3,8 @@
 Two list formats are read (format detected from the first line):
 
 * PIPAL layout (no header): ``A0001_00_00.bmp,<MOS>`` per line; restored
-  ``ROOT/X``, degraded reference ``ROOT/ref_X``; grouped by scene (``A0001``).
+  ``ROOT/[RESTORED_DIR/]X``, degraded reference ``ROOT/[DEGRADED_DIR/]ref_X``;
+  grouped by scene (``A0001``).
   Names containing ``_06_`` are skipped as in the official code (``--drop-pattern ''`` keeps them).
 * CSV with a header ``restored,degraded,mos[,group]`` (any column order); paths
   relative to ROOT; without a ``group`` column pairs are grouped by degraded image.
@@ -162,6 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write per-pair predictions to this CSV")
     parser.add_argument("--min-group-size", type=int, default=3,
                         help="groups with fewer pairs are skipped in the grouped protocol")
+    parser.add_argument("--restored-dir", default="", help="PIPAL layout: sub-folder of ROOT with the listed images")
+    parser.add_argument("--degraded-dir", default="", help="PIPAL layout: sub-folder of ROOT with the ref_ images")
     parser.add_argument("--degraded-prefix", default="ref_", help="PIPAL layout: degraded name = prefix + restored name")
     parser.add_argument("--drop-pattern", default="_06_",
                         help="PIPAL layout: skip names containing this ('' keeps all)")
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     from drqa_plugin.cli import DTYPES
     from drqa_plugin.scorer import DRIQA
 
-    layout = PIPALLayout(degraded_prefix=args.degraded_prefix, drop_pattern=args.drop_pattern)
+    layout = PIPALLayout(restored_dir=args.restored_dir, degraded_dir=args.degraded_dir,
+                         degraded_prefix=args.degraded_prefix, drop_pattern=args.drop_pattern)
     pairs = read_labelled_list(args.list_file, args.root, layout)
     scorer = DRIQA(args.weights, preprocess=args.preprocess, device=args.device, dtype=DTYPES[args.dtype],
                    reference_interpolation=args.reference_interpolation)

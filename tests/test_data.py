@@ -311,3 +311,19 @@ def test_pipal_other_errors(tmp_path):
     only_comments.write_text("# nothing\n\n")
     with pytest.raises(DataError, match="no usable entries"):
         read_pipal_list(only_comments)
+
+
+def test_read_rgb_16bit_and_alpha(tmp_path):
+    from drqa_plugin.data import read_rgb
+
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(tmp_path / "g16.png")
+    grey = read_rgb(tmp_path / "g16.png")
+    assert grey.shape == (64, 64, 3) and grey.dtype == np.uint8
+    assert grey.min() == 0 and grey.max() == 255 and abs(int(grey[32, 0, 0]) - 128) <= 1  # scaled, not clipped
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[:4, :, 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    rgb = read_rgb(tmp_path / "a.png")
+    assert rgb[0, 0].tolist() == [200, 0, 0] and rgb[7, 0].tolist() == [255, 255, 255]  # transparent -> white
+    with pytest.raises(DataError, match="not found"):
+        read_rgb(tmp_path / "none.png")

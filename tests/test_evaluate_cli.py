@@ -110,6 +110,24 @@ def test_eval_missing_and_malformed(weights, pipal_dir, tmp_path, capsys):
         read_labelled_list(bad)
 
 
+def test_pipal_list_with_subfolders(tmp_path):
+    root = tmp_path / "r"
+    (root / "dist").mkdir(parents=True)
+    (root / "matched").mkdir()
+    for j in range(3):
+        _write(root / "dist" / f"A0007_0{j}_00.png", j)
+        _write(root / "matched" / f"deg_A0007_0{j}_00.png", 9)
+    (root / "l.txt").write_text("".join(f"A0007_0{j}_00.png,{1100 + j}\n" for j in range(3)))
+    from drqa_plugin.data import PIPALLayout
+
+    layout = PIPALLayout(restored_dir="dist", degraded_dir="matched", degraded_prefix="deg_")
+    pairs = read_labelled_list(root / "l.txt", layout=layout)
+    assert [p.degraded.name for p in pairs] == [f"deg_A0007_0{j}_00.png" for j in range(3)]
+    assert all(p.restored.parent.name == "dist" and p.group == "A0007" for p in pairs)
+    with pytest.raises(DataError, match="missing"):
+        read_labelled_list(root / "l.txt")  # default layout: files are not in ROOT itself
+
+
 def test_eval_unreadable_image(weights, pipal_dir, capsys):
     root, list_file = pipal_dir
     (root / "A0001_02_00.bmp").write_bytes(b"this is not a bitmap")
