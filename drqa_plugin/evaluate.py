@@ -165,7 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="groups with fewer pairs are skipped in the grouped protocol")
     parser.add_argument("--restored-dir", default="", help="PIPAL layout: sub-folder of ROOT with the listed images")
     parser.add_argument("--degraded-dir", default="", help="PIPAL layout: sub-folder of ROOT with the ref_ images")
-    parser.add_argument("--degraded-prefix", default="ref_", help="PIPAL layout: degraded name = prefix + restored name")
+    parser.add_argument("--degraded-prefix", default="ref_",
+                        help="PIPAL layout: degraded name = prefix + restored name")
     parser.add_argument("--drop-pattern", default="_06_",
                         help="PIPAL layout: skip names containing this ('' keeps all)")
     add_runtime_arguments(parser)

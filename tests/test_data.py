@@ -179,7 +179,7 @@ def test_config_validation_and_dict():
     assert cfg.degradation.scale_range == (2.0, 3.0) and cfg.restoration.max_ops == 1
     for bad in ({"kind": "imagenet"}, {"crop": 4}, {"val_fraction": 1.5}, {"degradation": {"blur_prob": 2}},
                 {"degradation": {"scale_range": [3, 2]}}, {"restoration": {"ops": ["magic"]}},
-                {"kind": "pipal"}, {"nope": 1}, {"degradation": {"nope": 1}}):
+                {"kind": "pipal"}, {"seed": -1}, {"nope": 1}, {"degradation": {"nope": 1}}):
         with pytest.raises(ValueError):
             DataConfig.from_dict(bad)
 

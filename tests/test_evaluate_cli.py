@@ -32,7 +32,8 @@ def weights(tmp_path_factory) -> Path:
 def _write(path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     base = np.linspace(0, 255, SIZE)[None, :, None] * np.ones((SIZE, 1, 3))
-    Image.fromarray(np.clip(base + rng.normal(scale=20 + seed % 7 * 5, size=base.shape), 0, 255).astype(np.uint8)).save(path)
+    noisy = np.clip(base + rng.normal(scale=20 + seed % 7 * 5, size=base.shape), 0, 255)
+    Image.fromarray(noisy.astype(np.uint8)).save(path)
 
 
 @pytest.fixture()

@@ -15,6 +15,7 @@ Datasets have ``set_epoch(epoch)`` to draw new (still deterministic) samples.
 
 from __future__ import annotations
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from drqa_plugin.data.config import (
@@ -77,8 +78,6 @@ def split_photos(photos: list[Photo], cfg: DataConfig) -> tuple[list[int], list[
         if len(val) == len(photos):
             raise DataError("data.val_photos holds out every photo; nothing is left to train on")
     else:
-        import numpy as np
-
         n_val = min(len(photos) - 1, max(1, round(cfg.val_fraction * len(photos))))
         val = sorted(int(i) for i in np.random.default_rng(cfg.seed).permutation(len(photos))[:n_val])
     train = [i for i in range(len(photos)) if i not in set(val)]

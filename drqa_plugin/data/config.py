@@ -146,6 +146,8 @@ class DataConfig:
         if int(self.crop) < 16:
             raise ValueError(f"data.crop must be >= 16, got {self.crop!r}")
         self.crop = int(self.crop)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"data.seed must be a non-negative integer, got {self.seed!r}")
         if int(self.num_samples) < 1 or int(self.val_samples) < 1:
             raise ValueError("data.num_samples and data.val_samples must be >= 1")
         if not 0.0 < float(self.val_fraction) < 1.0:

@@ -12,7 +12,6 @@ texture; a learned perceptual metric is the better teacher where available.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Callable, Protocol
 
@@ -33,6 +32,7 @@ _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def register_labeller(name: str, factory: Callable[[], Labeller]) -> None:
     """Make ``factory()`` available as ``DataConfig.labeller = name``."""
     _FACTORIES[name] = factory
+    get_labeller.cache_clear()  # a re-registered name must not keep its old instance
 
 
 def available_labellers() -> tuple[str, ...]:
