@@ -1,0 +1,267 @@
+"""Trainer pieces without launching: config loading, every shipped recipe, losses, optimiser groups,
+the stage learning-rate mask and checkpoint bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from drqa_plugin.train.checkpoint import TrainerState, list_checkpoints, resolve_resume
+from drqa_plugin.train.config import ConfigError, LossConfig, ScheduleConfig, TrainConfig, load_config, parse_override
+from drqa_plugin.train.logs import MetricsLog, read_metrics
+from drqa_plugin.train.losses import distillation_loss, ranking_target, stage_at
+from drqa_plugin.models.ckdn import TrainOutputs
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_overrides_are_typed_and_dotted(tmp_path: Path) -> None:
+    cfg = load_config(RECIPES / "configs" / "demo.yaml",
+                      ["max_steps=20", "output_dir=runs/x", "data.root=/data/photos", "optim.lr=1e-3",
+                       "resume=latest", "runtime.mixed_precision=bf16", "data.degradation.scale_range=[2, 3]"])
+    assert cfg.max_steps == 20 and cfg.output_dir == "runs/x" and cfg.resume == "latest"
+    assert cfg.data.root == "/data/photos" and cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.runtime.mixed_precision == "bf16" and cfg.data.degradation.scale_range == (2.0, 3.0)
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for a float field
+    assert parse_override("resume=null") == ("resume", None)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("max_step=3", "max_step"),  # typo of a top-level key
+        ("optim.nesterv=true", "optim.nesterv"),  # typo inside a section
+        ("max_steps=abc", "max_steps must be int"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("runtime.mixed_precision=fp8", "mixed_precision"),
+        ("schedule.unit=hours", "schedule.unit"),
+        ("data.kind=imagenet", "data.kind"),
+        ("max_steps", "key=value"),
+        ("max_steps.x=1", "is a value"),
+    ],
+)
+def test_bad_config_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(RECIPES / "configs" / "test_tiny.yaml", [override])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (RECIPES / "configs").glob("*.yaml")))
+def test_every_training_recipe_loads(name: str) -> None:
+    raw = yaml.safe_load((RECIPES / "configs" / name).read_text())
+    if raw.get("data", {}).get("kind") == "pipal":  # needs the dataset location, given at launch time
+        cfg = load_config(RECIPES / "configs" / name, ["data.root=/data/PIPAL", "data.list_file=train.txt"])
+    else:
+        cfg = load_config(RECIPES / "configs" / name)
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_paper_recipe_values() -> None:
+    cfg = load_config(RECIPES / "configs" / "ckdn_pipal.yaml", ["data.root=/d", "data.list_file=l.txt"])
+    o = cfg.optim
+    assert (o.lr, o.momentum, o.nesterov, o.weight_decay, o.schedule) == (0.16, 0.9, True, 1e-4, "constant")
+    assert (cfg.schedule.epochs, cfg.schedule.stage2_start, cfg.schedule.unit) == (30, 10, "epoch")
+    assert (cfg.data.crop, cfg.loader.batch_size, cfg.loss.distill, cfg.loss.ranking) == (288, 8, 30.0, 0.5)
+    assert cfg.runtime.sync_batchnorm is False
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def _accelerate_recipes() -> list[Path]:
+    return sorted((RECIPES / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _accelerate_recipes(), ids=lambda p: p.name)
+def test_accelerate_recipe_is_valid(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))  # rejects unknown keys
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.num_processes == raw["num_processes"] >= 1
+    if cfg.distributed_type.value == "DEEPSPEED":
+        ds_file = REPO / cfg.deepspeed_config["deepspeed_config_file"]
+        assert ds_file.is_file(), ds_file
+        # Accelerate refuses mixed_precision next to a deepspeed_config_file.
+        assert "mixed_precision" not in raw
+    if cfg.num_machines > 1:
+        assert cfg.num_processes % cfg.num_machines == 0
+
+
+def test_all_expected_recipes_exist() -> None:
+    names = {p.name for p in _accelerate_recipes()}
+    assert names == {"cpu_2proc.yaml", "single_gpu.yaml", "multi_gpu_8.yaml", "multi_node_2x8.yaml",
+                     "deepspeed_zero1.yaml", "deepspeed_zero2.yaml"}
+    assert {p.name for p in (RECIPES / "deepspeed").glob("*.json")} == {"zero1.json", "zero2.json"}
+    assert any((RECIPES / "slurm").iterdir())
+
+
+KNOWN_DS_KEYS = {
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
+    "bf16", "fp16", "torch_autocast", "zero_optimization", "zero_allow_untested_optimizer", "steps_per_print",
+    "wall_clock_breakdown",
+}
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_json_is_valid_after_filling_auto(stage: int) -> None:
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    raw = json.loads((RECIPES / "deepspeed" / f"zero{stage}.json").read_text())
+    # DeepSpeed ignores unknown top-level keys and torch_autocast sub-keys: check those names here.
+    assert set(raw) <= KNOWN_DS_KEYS, set(raw) - KNOWN_DS_KEYS
+    assert set(raw["torch_autocast"]) <= {"enabled", "dtype", "lower_precision_safe_modules"}
+    filled = {**raw, "train_batch_size": 16, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2,
+              "gradient_clipping": 1.0}
+    assert "\"auto\"" not in json.dumps(filled)
+    ds = DeepSpeedConfig(filled)
+    assert ds.zero_optimization_stage == stage
+    assert ds.torch_autocast_enabled and ds.torch_autocast_dtype == torch.bfloat16
+    # Native bf16/fp16 would cast BatchNorm's buffers inconsistently: the recipes must keep them off.
+    assert raw["bf16"]["enabled"] is False and raw["fp16"]["enabled"] is False
+
+
+def test_deepspeed_validation_catches_a_typo() -> None:
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    raw = json.loads((RECIPES / "deepspeed" / "zero2.json").read_text())
+    raw.update(train_batch_size=8, train_micro_batch_size_per_gpu=8, gradient_accumulation_steps=1,
+               gradient_clipping=1.0)
+    raw["zero_optimization"]["stag"] = 2
+    with pytest.raises(Exception):
+        DeepSpeedConfig(raw)
+
+
+# ----------------------------------------------------------------------------- losses and schedule
+
+
+def test_ranking_target_is_the_elo_probability() -> None:
+    t1, t2 = torch.tensor([0.2, 0.5, 0.1]), torch.tensor([0.3, 0.5, -0.2])
+    want = 1 / (1 + 10 ** ((t1 - t2) * 1000 / 400))
+    assert torch.allclose(ranking_target(t1, t2, 2.5), want, atol=1e-6)
+
+
+def test_distillation_loss_terms_and_weights() -> None:
+    n = 4
+    dr, fr, nr, gap = torch.rand(n), torch.rand(n), torch.rand(n), torch.rand(n)
+    t1, t2 = torch.rand(n), torch.rand(n)
+    cfg = LossConfig()
+    s1 = distillation_loss(TrainOutputs(None, None, nr, None), t1, t2, 1, cfg)
+    t3 = 1 / (1 + 10 ** ((t1 - t2) * 2.5))
+    assert set(s1.terms) == {"d3"} and torch.allclose(s1.total, 0.5 * ((nr - t3) ** 2).mean())
+    s2 = distillation_loss(TrainOutputs(dr, fr, None, gap), t1, t2, 2, cfg)
+    assert set(s2.terms) == {"d1", "d2", "d4"}
+    want = ((dr - t1) ** 2).mean() + ((fr - t1) ** 2).mean() + 30 * (gap ** 2).mean()
+    assert torch.allclose(s2.total, want)
+    with pytest.raises(ValueError, match="stage 2 needs"):
+        distillation_loss(TrainOutputs(None, None, nr, None), t1, t2, 2, cfg)
+
+
+def test_stage_boundary_in_epochs_or_steps() -> None:
+    by_epoch = ScheduleConfig(stage2_start=10, unit="epoch")
+    assert [stage_at(by_epoch, e, 10_000) for e in (0, 9, 10, 29)] == [1, 1, 2, 2]
+    by_step = ScheduleConfig(stage2_start=3, unit="step")
+    assert [stage_at(by_step, 5, s) for s in (0, 2, 3, 4)] == [1, 1, 2, 2]
+
+
+def test_param_groups_split_decay_and_branches() -> None:
+    from drqa_plugin import create_model
+    from drqa_plugin.train.trainer import STAGE_BRANCHES, make_optimizer, set_lr
+
+    cfg = load_config(RECIPES / "configs" / "ckdn_pipal.yaml", ["data.root=/d", "data.list_file=l.txt"])
+    model = create_model("ckdn_r50")
+    opt = make_optimizer(model, cfg)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    for g in opt.param_groups:
+        dims = {p.ndim for p in g["params"]}
+        assert (min(dims) >= 2) if g["weight_decay"] else (max(dims) < 2)
+        assert g["nesterov"] and g["momentum"] == 0.9
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}
+    for stage in (1, 2):
+        set_lr(opt, 0.16, stage)
+        for g in opt.param_groups:
+            assert g["lr"] == (0.16 if g["branch"] in STAGE_BRANCHES[stage] else 0.0)
+
+
+def test_zero_lr_groups_stay_put_even_with_zero_gradients() -> None:
+    """What DeepSpeed ZeRO does to unused parameters (zero grads) must not move them."""
+    from drqa_plugin import create_model
+    from drqa_plugin.train.trainer import clear_momentum, make_optimizer, set_lr
+
+    cfg = load_config(RECIPES / "configs" / "test_tiny.yaml")
+    model = create_model("ckdn_r50")
+    opt = make_optimizer(model, cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_lr(opt, 0.1, stage=1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if not p.ndim else torch.full_like(p, 0.0)
+    for name, p in model.named_parameters():
+        if name.startswith("nr_"):
+            p.grad = torch.ones_like(p)
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("comparator.", "head.", "reference_")))
+    assert not torch.equal(before["nr_head.0.weight"], after["nr_head.0.weight"])
+    clear_momentum(opt, frozenset({"ranking"}))
+    bufs = [opt.state[p]["momentum_buffer"] for n, p in model.named_parameters() if n.startswith("nr_")]
+    assert all(float(b.abs().sum()) == 0.0 for b in bufs)
+
+
+# ----------------------------------------------------------------------------- checkpoints and logs
+
+
+def test_resolve_resume(tmp_path: Path) -> None:
+    assert resolve_resume(None, tmp_path) is None
+    assert resolve_resume("latest", tmp_path) is None  # nothing yet: a fresh start
+    for step in (3, 12):
+        folder = tmp_path / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (tmp_path / "checkpoints" / ".tmp-step_00000020").mkdir()  # an interrupted save is never picked
+    (tmp_path / "checkpoints" / "step_00000030").mkdir()  # no state file: incomplete
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000012"]
+    assert resolve_resume("latest", tmp_path).name == "step_00000012"
+    assert TrainerState.read(resolve_resume("latest", tmp_path)).step == 12
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoints" / "step_00000030"), tmp_path)
+
+
+def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in (1, 2, 3, 4):
+        log.write({"split": "train", "step": step, "epoch": 0, "stage": 1, "loss": 0.5, "d3": 0.5})
+    log.close()
+    log = MetricsLog(tmp_path, tensorboard=False, keep_until_step=2)
+    log.write({"split": "train", "step": 3, "epoch": 0, "stage": 2, "loss": 0.1, "d1": 0.1})
+    log.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [(r["step"], r["stage"]) for r in rows] == [("1", "1"), ("2", "1"), ("3", "2")]
+    with pytest.raises(KeyError):
+        MetricsLog(tmp_path / "x", tensorboard=False).write({"split": "train", "step": 1, "bogus": 1})
+
+
+def test_cosine_and_warmup_schedule() -> None:
+    from drqa_plugin.train.trainer import base_lr
+
+    cfg = load_config(None, ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=1.0"])
+    lrs = [base_lr(cfg, s, 12) for s in range(12)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[2] == pytest.approx(1.0) and lrs[-1] < 0.05
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert math.isclose(base_lr(load_config(None), 100, 200), 0.16)
