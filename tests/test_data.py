@@ -327,3 +327,13 @@ def test_read_rgb_16bit_and_alpha(tmp_path):
     assert rgb[0, 0].tolist() == [200, 0, 0] and rgb[7, 0].tolist() == [255, 255, 255]  # transparent -> white
     with pytest.raises(DataError, match="not found"):
         read_rgb(tmp_path / "none.png")
+
+
+def test_ms_ssim_close_to_pyiqa():
+    # pyiqa is a test-only reference (its own Y conversion differs slightly from BT.601 luma here).
+    ssim_arch = pytest.importorskip("pyiqa.archs.ssim_arch")
+    x = np.asarray(Image.open(list_photos()[0].path).convert("RGB"), dtype=np.float32)[:256, :256] / 255
+    x = torch.from_numpy(x).permute(2, 0, 1)[None]
+    y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    ref = float(ssim_arch.MS_SSIM(channels=3, test_y_channel=True)(y, x))
+    assert float(ms_ssim(y, x)) == pytest.approx(ref, abs=2e-3)
