@@ -30,7 +30,7 @@ from drqa_plugin.data.pipal import PIPALPairs, read_pipal_list
 
 # The synthetic pipeline needs OpenCV; import it on first use so that PIPAL data,
 # ``drqa eval`` and the metrics work without it.
-_SYNTHETIC = ("SyntheticPairs", "degrade", "restore")
+_SYNTHETIC = ("SyntheticPairs", "RestoreContext", "RESTORERS", "degrade", "restore", "sample_rng")
 
 
 def __getattr__(name: str):
@@ -48,7 +48,9 @@ __all__ = [
     "PIPALLayout",
     "PIPALPairs",
     "Photo",
+    "RESTORERS",
     "RestorationConfig",
+    "RestoreContext",
     "SyntheticPairs",
     "available_labellers",
     "build_dataset",
@@ -60,6 +62,7 @@ __all__ = [
     "read_rgb",
     "register_labeller",
     "restore",
+    "sample_rng",
     "split_photos",
     "ssim",
 ]
