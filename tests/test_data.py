@@ -337,3 +337,16 @@ def test_ms_ssim_close_to_pyiqa():
     y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     ref = float(ssim_arch.MS_SSIM(channels=3, test_y_channel=True)(y, x))
     assert float(ms_ssim(y, x)) == pytest.approx(ref, abs=2e-3)
+
+
+def test_every_restoration_operator():
+    pristine = np.asarray(Image.open(list_photos()[3].path).convert("RGB"), dtype=np.float32)[:64, :64] / 255
+    degraded, low = degrade(pristine, DegradationConfig(scale_range=(3, 3)), sample_rng(0, "val", 0, 1))
+    ctx = RestoreContext(degraded, low, pristine)
+    for op in ("interp", "unsharp", "denoise", "ringing", "gan_texture", "detail"):
+        out = restore(ctx, [op], np.random.default_rng(0))
+        assert out.shape == pristine.shape and out.dtype == np.float32, op
+        assert out.min() >= 0.0 and out.max() <= 1.0, op
+        assert np.abs(out - degraded).mean() > 1e-4, op  # every operator changes its input
+    with pytest.raises(ValueError, match="unknown restoration operator"):
+        restore(ctx, ["magic"], np.random.default_rng(0))
