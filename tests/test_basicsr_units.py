@@ -20,6 +20,7 @@ from drqa_plugin.scorer import DRIQA
 from drqa_plugin.weights import WeightsError, save_weights
 
 from basicsr.losses import build_loss  # noqa: E402  (after the adapter's shim)
+from basicsr.models.sr_model import SRModel  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.registry import LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY  # noqa: E402
 
@@ -97,7 +98,7 @@ def val_pair() -> tuple[np.ndarray, np.ndarray]:
 
 def test_metric_equals_scorer(weights_file: Path, val_pair) -> None:
     img, lq = val_pair
-    value = metrics.calculate_driqa(img=img, img2=img, lq=lq, weights=str(weights_file), better="higher")
+    value = metrics.calculate_driqa(img=img, img2=img, lq=lq, weights=str(weights_file), better="higher", device="cpu")
     rgb = DRIQA(weights_file)(to_tensor(img[..., ::-1].copy()), to_tensor(lq[..., ::-1].copy()))
     assert isinstance(value, float) and value == pytest.approx(float(rgb[0]), abs=1e-6)
     bgr_scorer = DRIQA(weights_file, channel_order="BGR")
@@ -273,3 +274,70 @@ def test_realesrgan_model_registered_when_installed() -> None:
     # Our validation and generator step come before Real-ESRGAN's in the method order.
     assert cls.nondist_validation is not RealESRGANModel.nondist_validation
     assert cls.optimize_parameters is not RealESRGANModel.optimize_parameters
+
+
+# ------------------------------------------------- DR-IQA versions of project models
+class WindowPadSRModel(SRModel):
+    """A project model in HAT's style: validation runs through pre_process/process/post_process,
+    which pad the LQ to a multiple of a window size (8 here) and crop the output back."""
+
+    window = 8
+
+    def pre_process(self) -> None:
+        h, w = self.lq.shape[-2:]
+        self.pad = (-h % self.window, -w % self.window)
+        self.img = torch.nn.functional.pad(self.lq, (0, self.pad[1], 0, self.pad[0]), mode="reflect")
+        self.hook_calls = getattr(self, "hook_calls", 0) + 1
+
+    def process(self) -> None:
+        self.net_g.eval()
+        with torch.no_grad():
+            self.output = self.net_g(self.img)
+
+    def post_process(self) -> None:
+        h, w = self.output.shape[-2:]
+        self.output = self.output[..., : h - 2 * self.pad[0], : w - 2 * self.pad[1]]
+
+
+class OwnStepSRModel(SRModel):
+    def optimize_parameters(self, current_iter: int) -> None:  # pragma: no cover - never trained
+        raise AssertionError
+
+
+def test_driqa_version_of_a_project_model(weights_file: Path, tmp_path: Path) -> None:
+    from basicsr.data import build_dataloader, build_dataset
+    from PIL import Image
+
+    _compat.register(MODEL_REGISTRY, WindowPadSRModel)
+    launcher.import_plugins({"model_type": "DRIQAWindowPadSRModel"}, [])
+    cls = MODEL_REGISTRY.get("DRIQAWindowPadSRModel")
+    assert issubclass(cls, WindowPadSRModel) and cls.passes_lq_to_metrics
+    train = {
+        "optim_g": {"type": "Adam", "lr": 1e-3},
+        "scheduler": {"type": "MultiStepLR", "milestones": [10]},
+        "pixel_opt": {"type": "L1Loss"},
+        "driqa_opt": {"weights": str(weights_file), "loss_weight": 0.1},
+    }
+    opt = model_options(weights_file, is_train=True, train=train)
+    opt.update(model_type="DRIQAWindowPadSRModel", path={"pretrain_network_g": None, "visualization": str(tmp_path)})
+    opt["val"]["metrics"]["psnr"] = {"type": "calculate_psnr", "crop_border": 2}
+    model = build_model(opt)
+    hr = photo("astronaut", 60)
+    model.feed_data({"lq": to_tensor(downscale(hr, 2)), "gt": to_tensor(hr)})
+    model.optimize_parameters(1)
+    assert set(model.log_dict) == {"l_pix", "l_driqa"}
+
+    lq_dir = tmp_path / "lq"
+    lq_dir.mkdir()
+    Image.fromarray(photo("rocket", 30)).save(lq_dir / "odd.png")  # 30 px: not a multiple of the window
+    set_opt = {"name": "odd", "type": "SingleImageDataset", "dataroot_lq": str(lq_dir),
+               "io_backend": {"type": "disk"}, "phase": "val", "scale": 2}
+    loader = build_dataloader(build_dataset(set_opt), set_opt, num_gpu=0, dist=False)
+    model.validation(loader, current_iter=1, tb_logger=None, save_img=False)
+    assert model.hook_calls == 1 and set(model.metric_results) == {"driqa"}
+    assert 0 < model.metric_results["driqa"] < 1 and model.net_g.training
+
+
+def test_project_model_with_its_own_step_is_refused() -> None:
+    with pytest.raises(OptionError, match="has its own optimize_parameters"):
+        models.make_driqa_model(OwnStepSRModel)

@@ -109,6 +109,14 @@ def missing_names(options: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return [(reg, name, where) for reg, name, where in requested_names(options) if not _is_registered(regs[reg], name)]
 
 
+def _resolve(options: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Derive ``DRIQA<ProjectModel>`` if asked for and possible, then list what is still unknown."""
+    from drqa_plugin.integrations.basicsr.models import register_derived_model
+
+    register_derived_model(str(options.get("model_type", "")))
+    return missing_names(options)
+
+
 def import_plugins(options: Mapping[str, Any], explicit: Sequence[str]) -> list[str]:
     """Import the adapter, the modules named by ``--import``, and installed extensions the options need.
 
@@ -118,14 +126,19 @@ def import_plugins(options: Mapping[str, Any], explicit: Sequence[str]) -> list[
 
     for module in explicit:
         importlib.import_module(module)
-    imported = []
+    imported: list[str] = []
+    missing = _resolve(options)
     for module in KNOWN_EXTENSIONS:
-        if not missing_names(options):
+        if not missing:
             break
-        if importlib.util.find_spec(module) is not None:
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
             importlib.import_module(module)
-            imported.append(module)
-    missing = missing_names(options)
+        except ImportError:  # e.g. an unrelated package of the same name
+            continue
+        imported.append(module)
+        missing = _resolve(options)
     if missing:
         listed = "; ".join(f"{where}: {name!r} is not in BasicSR's {reg} registry" for reg, name, where in missing)
         raise ValueError(

@@ -155,7 +155,7 @@ class DRIQAModelMixin:
 
     def _restore_for_validation(self, val_data: Mapping[str, Any]) -> dict[str, Any]:
         self.feed_data(val_data)
-        self.test()
+        self._validation_inference()
         visuals = self.get_current_visuals()
         data = {"img": tensor2img([visuals["result"]]), "lq": tensor2img([visuals["lq"]])}
         if "gt" in visuals:
@@ -166,6 +166,22 @@ class DRIQAModelMixin:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return data
+
+    def _validation_inference(self) -> None:
+        """``self.output`` for ``self.lq``: BasicSR's ``test()``, or the pre_process /
+        process (tile_process) / post_process hooks of models that validate through
+        them instead (HAT pads to its window size there)."""
+        if all(callable(getattr(self, hook, None)) for hook in ("pre_process", "process", "post_process")):
+            self.pre_process()
+            if "tile" in self.opt and callable(getattr(self, "tile_process", None)):
+                self.tile_process()
+            else:
+                self.process()
+            self.post_process()
+            if self.is_train:
+                self.net_g.train()  # those hooks leave net_g in eval mode; training goes on
+        else:
+            self.test()
 
     @staticmethod
     def _run_metric(opt_: Mapping[str, Any], data: Mapping[str, Any]) -> float | None:
@@ -194,8 +210,8 @@ class DRIQAModelMixin:
         return osp.join(root, dataset_name, f"{img_name}_{suffix}.png")
 
 
-class DRIQASRModel(DRIQAModelMixin, SRModel):
-    """BasicSR ``SRModel`` + DR-IQA loss (``train.driqa_opt``) + LQ-aware validation."""
+class DRIQASRStepMixin:
+    """SRModel's generator step with the DR-IQA term."""
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
@@ -206,6 +222,10 @@ class DRIQASRModel(DRIQAModelMixin, SRModel):
         self.log_dict = self.reduce_loss_dict(losses)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+
+class DRIQASRModel(DRIQAModelMixin, DRIQASRStepMixin, SRModel):
+    """BasicSR ``SRModel`` + DR-IQA loss (``train.driqa_opt``) + LQ-aware validation."""
 
 
 class DRIQAGANStepMixin:
@@ -291,6 +311,41 @@ if RealESRGANModel is not None:
 
 else:
     DRIQARealESRGANModel = None
+
+
+def make_driqa_model(base: type) -> type:
+    """``DRIQA<Base>``: the DR-IQA version of a project's model derived from SRModel or SRGANModel.
+
+    Works for models that keep BasicSR's generator step (``optimize_parameters``) and
+    change inference, data feeding or validation (HAT's ``HATModel``, for example). A
+    base with its own training step (Real-ESRGAN's) needs a hand-written class such as
+    :class:`DRIQARealESRGANModel`: combining it blindly would drop its logic.
+    """
+    if not issubclass(base, SRModel):
+        raise OptionError(f"DRIQA{base.__name__}: {base.__name__} is not derived from BasicSR's SRModel")
+    gan = issubclass(base, SRGANModel)
+    stock_step = SRGANModel.optimize_parameters if gan else SRModel.optimize_parameters
+    if base.optimize_parameters is not stock_step:
+        raise OptionError(
+            f"DRIQA{base.__name__}: {base.__name__} has its own optimize_parameters, so adding the DR-IQA "
+            "term needs a hand-written model (as DRIQARealESRGANModel does for Real-ESRGAN)"
+        )
+    step = DRIQAGANStepMixin if gan else DRIQASRStepMixin
+    attrs: dict[str, Any] = {
+        "__doc__": f"{base.__name__} + DR-IQA loss (train.driqa_opt) + LQ-aware validation.",
+        "__module__": __name__,
+        # A base that feeds data its own way (e.g. synthesises the LQ) is trusted to set self.lq.
+        "lq_from_batch_in_training": base.feed_data is SRModel.feed_data,
+    }
+    return type(f"DRIQA{base.__name__}", (DRIQAModelMixin, step, base), attrs)
+
+
+def register_derived_model(name: str) -> bool:
+    """Register ``DRIQA<Base>`` on demand when ``name`` is that and ``Base`` is registered."""
+    if name in MODEL_REGISTRY or not name.startswith("DRIQA") or name[5:] not in MODEL_REGISTRY:
+        return False
+    register(MODEL_REGISTRY, make_driqa_model(MODEL_REGISTRY.get(name[5:])))
+    return True
 
 
 def register_models() -> list[str]:
