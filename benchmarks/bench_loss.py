@@ -188,7 +188,8 @@ def main() -> None:
     print(machine_description(cfg.device))
     print(
         f"batch {cfg.batch}, output {cfg.size}x{cfg.size}, LQ {cfg.size // cfg.scale}x{cfg.size // cfg.scale} "
-        f"(x{cfg.scale}), forward+backward to the output, median of {cfg.repeats} (losses take turns) after {cfg.warmup} warm-up"
+        f"(x{cfg.scale}), forward+backward to the output, "
+        f"median of {cfg.repeats} (losses take turns) after {cfg.warmup} warm-up"
     )
     results = run(cfg, args.variants)
     vgg = results["vgg19_perceptual"]

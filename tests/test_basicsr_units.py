@@ -48,7 +48,8 @@ def test_second_import_under_another_path(tmp_path: Path) -> None:
     root = Path(adapter.__file__).resolve().parents[2]
     code = (
         "import sys, drqa_plugin.integrations.basicsr as a; sys.path.insert(0, sys.argv[1]);"
-        "import integrations.basicsr as b; assert a is not b; print(sorted(a.register_all()) == sorted(b.register_all()))"
+        "import integrations.basicsr as b; assert a is not b;"
+        "print(sorted(a.register_all()) == sorted(b.register_all()))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-3000:]

@@ -153,8 +153,12 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None = None, *, i
     from drqa_plugin.integrations.basicsr.validate import check_options
 
     args = split_argv(sys.argv[1:] if argv is None else argv)
-    options = load_options(args.option_file)
-    import_plugins(options, args.imports)
-    check_options(options, is_train=is_train)
+    try:
+        options = load_options(args.option_file)
+        import_plugins(options, args.imports)
+        check_options(options, is_train=is_train)
+    except (ValueError, OSError, yaml.YAMLError) as exc:  # OptionError, WeightsError, missing files
+        # A one-line reason instead of a traceback: nothing has started yet.
+        raise SystemExit(f"drqa-plugin: {args.option_file}: {exc}") from exc
     sys.argv = [sys.argv[0], *args.basicsr_argv]
     pipeline(os.getcwd())

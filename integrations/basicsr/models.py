@@ -10,6 +10,9 @@ plus :class:`DRIQAModelMixin`, which
   without GT (``SingleImageDataset``) runs the metrics that need no GT and skips,
   with one warning per set, those that need ``img2``.
 
+:func:`make_driqa_model` builds the same for a project's own model class
+(``DRIQAHATModel`` from HAT's ``HATModel``, for example).
+
 Distributed validation keeps BasicSR's behaviour (``dist_validation`` runs this
 validation on rank 0).
 """
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 from drqa_plugin.integrations.basicsr._compat import register
 from drqa_plugin.integrations.basicsr.options_check import OptionError
+
 
 class MissingInputError(KeyError):
     """A batch lacks an image the DR-IQA model needs."""
