@@ -26,6 +26,8 @@ $(VENV)/.test: $(VENV)/.base
 	$(BIN)/pip install -q --no-build-isolation 'basicsr==1.4.2'
 	# pyiqa is only a test reference for parity; its full dependency tree is not needed.
 	$(BIN)/pip install -q --no-deps 'pyiqa==0.1.16'
+	# Real-ESRGAN's model classes (pure Python; its face-restoration extras are not needed).
+	$(BIN)/pip install -q --no-deps 'realesrgan==0.3.0'
 	touch $@
 
 install: $(VENV)/.base
