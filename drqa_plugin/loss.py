@@ -12,7 +12,6 @@ dropout), and the reference branch runs without autograd.
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -21,7 +20,7 @@ from typing import Literal, Union
 import torch
 from torch import Tensor, nn
 
-from drqa_plugin.models.blocks import fold_batchnorm
+from drqa_plugin.models.ckdn import frozen_inference_copy
 from drqa_plugin.preprocess import (
     PREPROCESS_MODES,
     ImageInputError,
@@ -37,8 +36,6 @@ WeightsSpec = Union[str, os.PathLike, nn.Module, None]
 RANDOM_WEIGHTS = "random"
 REDUCTIONS = ("mean", "sum", "none")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Only these parts of CKDN are cast to a lower precision; the MLP head stays fp32.
-_TRUNK = ("restored_encoder", "reference_encoder", "comparator")
 
 
 @dataclass(frozen=True)
@@ -141,17 +138,10 @@ class DRIQALoss(nn.Module):
         self.pretrained_cfg: PretrainedConfig = getattr(source, "pretrained_cfg", None) or get_variant(
             "ckdn_r50"
         ).pretrained
-        self.net = self._frozen_copy(source)
+        self.net = frozen_inference_copy(
+            source, dtype=PRECISIONS[self.cfg.precision], channels_last=self.cfg.channels_last
+        )
 
-    def _frozen_copy(self, source: nn.Module) -> nn.Module:
-        # A private copy: folding BN and casting must never touch the caller's model.
-        net = fold_batchnorm(copy.deepcopy(source).float().eval())
-        dtype = PRECISIONS[self.cfg.precision]
-        for name in _TRUNK:
-            getattr(net, name).to(dtype)
-        if self.cfg.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        return net.requires_grad_(False)
 
     @property
     def loss_weight(self) -> float:

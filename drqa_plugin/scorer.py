@@ -8,7 +8,6 @@ re-casts them every call) while the small MLP head stays fp32.
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from drqa_plugin.models.blocks import fold_batchnorm
+from drqa_plugin.models.ckdn import frozen_inference_copy
 from drqa_plugin.preprocess import (
     PREPROCESS_MODES,
     ChannelOrder,
@@ -35,8 +34,6 @@ from drqa_plugin.weights import load_model
 # Pairs per forward pass. Small chunks keep a 2-core CPU's activations in cache
 # (pyiqa's CKDN runs ~30 % slower per pair at batch 8 than at batch 1 here).
 DEFAULT_CHUNK = {"cpu": 2, "cuda": 32}
-# The trunk is cast to ``dtype``; the head (0.5 % of the FLOPs) keeps fp32.
-_TRUNK = ("restored_encoder", "reference_encoder", "comparator")
 
 
 class DRIQA:
@@ -86,14 +83,8 @@ class DRIQA:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         self.reference_interpolation = reference_interpolation
         self.channel_order = channel_order
-        self.model = self._inference_copy(model)
+        self.model = frozen_inference_copy(model, dtype=self.dtype, device=self.device)
 
-    def _inference_copy(self, model: nn.Module) -> nn.Module:
-        net = fold_batchnorm(copy.deepcopy(model).float().eval())
-        net = net.to(self.device, memory_format=torch.channels_last)
-        for name in _TRUNK:
-            getattr(net, name).to(self.dtype)
-        return net.requires_grad_(False)
 
     @torch.inference_mode()
     def __call__(self, restored: ImageLike | Sequence[ImageLike], degraded: ImageLike | Sequence[ImageLike]) -> Tensor:

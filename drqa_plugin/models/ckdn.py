@@ -14,13 +14,18 @@ Layout (all blocks are ResNet-50 pieces):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from drqa_plugin.models.blocks import resnet_stage
+from drqa_plugin.models.blocks import fold_batchnorm, resnet_stage
+
+# The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
+# FLOPs, and where the score is formed) always stay fp32.
+TRUNK_MODULES = ("restored_encoder", "reference_encoder", "comparator")
 
 
 @dataclass(frozen=True)
@@ -158,3 +163,25 @@ class CKDN(nn.Module):
         if "gap" in paths:
             gap = (d - p).pow(2).mean(dim=(1, 2, 3))
         return TrainOutputs(dr=dr, fr=fr, nr=nr, feature_gap=gap)
+
+
+def frozen_inference_copy(
+    model: CKDN,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    channels_last: bool = True,
+) -> CKDN:
+    """A private, frozen, eval-mode copy for scoring: BatchNorm folded, trunk cast to ``dtype``.
+
+    Casting the weights once beats autocast, which re-casts them on every call.
+    The caller's model is never modified.
+    """
+    net = fold_batchnorm(copy.deepcopy(model).float().eval())
+    if device is not None:
+        net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for name in TRUNK_MODULES:
+        getattr(net, name).to(dtype)
+    return net.requires_grad_(False)
