@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> tuple[DemoConfig, bool, list[str]]:
     p.add_argument("--skip-training", action="store_true", help="reuse OUTPUT_DIR/model.safetensors")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of recipes/configs/demo.yaml")
     a = p.parse_args(argv)
-    cfg = DemoConfig(Path(a.output_dir), a.processes, crop=192, scale=4, photos=4)
+    cfg = DemoConfig(Path(a.output_dir).resolve(), a.processes, crop=192, scale=4, photos=4)
     return cfg, a.skip_training, a.overrides
 
 
@@ -71,7 +71,7 @@ def train(cfg: DemoConfig, overrides: list[str]) -> None:
     launcher = [str(accelerate), "launch"] if accelerate.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
     cmd = [*launcher, "--config_file", str(CPU_RECIPE), "--num_processes", str(cfg.processes),
            "--main_process_port", str(_free_port()), "-m", "drqa_plugin.train", "--config", str(DEMO_CONFIG),
-           f"output_dir={cfg.output_dir}", *overrides]
+           f"output_dir={cfg.output_dir}", "overwrite=true", *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()

@@ -145,6 +145,14 @@ def test_ddp_resume_reproduces_uninterrupted_run(ddp_run: Path, tmp_path: Path) 
     assert max_diff(weights(ddp_run), weights(tmp_path)) == 0.0
 
 
+def test_a_fresh_run_refuses_an_output_dir_with_checkpoints(ddp_run: Path) -> None:
+    before = sorted(p.name for p in (ddp_run / "checkpoints").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "drqa_plugin.train", "--config", TINY, f"output_dir={ddp_run}"],
+                          cwd=REPO, env=_env(False), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "resume=latest" in proc.stderr and "overwrite=true" in proc.stderr
+    assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == before
+
+
 def test_deepspeed_zero2_matches_ddp(zero2_run: Path, ddp_run: Path) -> None:
     s = summary(zero2_run)
     # A misconfigured launch silently falls back to DDP or to duplicated single-process runs.

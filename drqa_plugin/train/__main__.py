@@ -27,9 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from drqa_plugin.train.trainer import train  # heavy imports only after the config is valid
+    from drqa_plugin.data import DataError
+    from drqa_plugin.train.trainer import TrainingError, train  # heavy imports only after the config is valid
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (TrainingError, DataError, FileNotFoundError) as exc:
+        # Expected failures (bad data, bad resume, misconfigured launch): a message, not a traceback.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -118,6 +118,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimiser steps; 0 = only at the end
     keep_checkpoints: int = 2
     resume: str | None = None  # None | "latest" | path to a checkpoint folder
+    overwrite: bool = False  # a fresh run into an output_dir that has checkpoints deletes them (else: error)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -54,7 +55,13 @@ from drqa_plugin.data import build_dataset
 from drqa_plugin.metrics import evaluate as iqa_metrics
 from drqa_plugin.preprocess import normalize
 from drqa_plugin.registry import PreprocessConfig, create_model
-from drqa_plugin.train.checkpoint import TrainerState, resolve_resume, save_checkpoint
+from drqa_plugin.train.checkpoint import (
+    TrainerState,
+    checkpoint_dir,
+    list_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from drqa_plugin.train.config import TrainConfig, dump_config, to_dict
 from drqa_plugin.train.logs import MetricsLog, write_plots
 from drqa_plugin.train.losses import LOSS_TERMS, STAGE_PATHS, distillation_loss, stage_at
@@ -391,6 +398,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     resume = resolve_resume(cfg.resume, out)
     if resume is not None:
         state = _load_checkpoint(accelerator, resume)
+    else:
+        _claim_output_dir(accelerator, cfg)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -401,6 +410,22 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     t0 = time.perf_counter()
     final_eval = _loop(run)
     return _finish(run, final_eval, preprocess, time.perf_counter() - t0)
+
+
+def _claim_output_dir(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """A fresh run must not mix its checkpoints with an older run's (keep-last-K would delete the new ones)."""
+    old = checkpoint_dir(cfg.output_dir)
+    if not list_checkpoints(cfg.output_dir):
+        return
+    if not cfg.overwrite:
+        raise TrainingError(
+            f"{old} holds checkpoints of an earlier run: continue it with resume=latest, or start over with "
+            "overwrite=true (deletes them), or choose another output_dir"
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
 
 def _check_launch(accelerator: Accelerator, train_loader: DataLoader, cfg: TrainConfig) -> None:
