@@ -206,6 +206,25 @@ def test_exported_weights_give_the_trainers_scores_in_the_scorer(ddp_run: Path) 
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
+def test_single_process_bf16_with_accumulation_and_clipping(tmp_path: Path) -> None:
+    """No launcher at all; bf16 autocast, 2 micro-batches per optimiser step, clipping, cosine schedule."""
+    cmd = [sys.executable, "-m", "drqa_plugin.train", "--config", TINY, f"output_dir={tmp_path}",
+           "runtime.mixed_precision=bf16", "runtime.grad_accum=2", "optim.clip_grad_norm=1.0",
+           "optim.schedule=cosine", "max_steps=4", "checkpoint_every=0", "log.plots=true", "log.tensorboard=true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(False), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = summary(tmp_path)
+    assert (s["distributed_type"], s["num_processes"], s["mixed_precision"], s["steps"]) == ("NO", 1, "bf16", 4)
+    rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r["split"] == "train"]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["lr"]) for r in rows] == sorted((float(r["lr"]) for r in rows), reverse=True)
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    # 8 batches of 2 per epoch = 4 optimiser steps: the epoch ended exactly at the last step.
+    assert json.loads(next((tmp_path / "checkpoints").iterdir()).joinpath("trainer_state.json").read_text())["epoch"] == 1
+    assert (tmp_path / "plots" / "losses.png").is_file() and (tmp_path / "plots" / "scatter.png").is_file()
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
 def test_empty_data_fails_fast_with_a_clear_error(tmp_path: Path) -> None:
     empty = tmp_path / "photos"
     empty.mkdir()
