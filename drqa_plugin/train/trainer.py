@@ -30,16 +30,14 @@ Launch with ``accelerate launch ... -m drqa_plugin.train --config RECIPE k=v``
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -67,7 +65,6 @@ from drqa_plugin.train.logs import MetricsLog, write_plots
 from drqa_plugin.train.losses import LOSS_TERMS, STAGE_PATHS, distillation_loss, stage_at
 from drqa_plugin.weights import save_weights
 
-logger = logging.getLogger("drqa_plugin.train")
 
 # Which top-level modules each stage trains; a module in no stage set would never move.
 BRANCHES: dict[str, tuple[str, ...]] = {
@@ -409,7 +406,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     _print_header(run, steps_per_epoch, resume)
     t0 = time.perf_counter()
     final_eval = _loop(run)
-    return _finish(run, final_eval, preprocess, time.perf_counter() - t0)
+    return _finish(run, final_eval, time.perf_counter() - t0)
 
 
 def _claim_output_dir(accelerator: Accelerator, cfg: TrainConfig) -> None:
@@ -624,11 +621,12 @@ def _export(run: Run, path: Path, what: str) -> None:
             f"crop {cfg.data.crop}, {a.num_processes}x{cfg.loader.batch_size} batch, seed {cfg.seed}; "
             f"labels: {'PIPAL MOS' if cfg.data.kind == 'pipal' else 'synthetic, ' + cfg.data.labeller}"
         )
-        save_weights({k: v.float() for k, v in state_dict.items()}, path, arch=cfg.model.arch, provenance=provenance,
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # bf16-safe
+        save_weights(tensors, path, arch=cfg.model.arch, provenance=provenance,
                      license="same as the training data and code (MIT code; check the data's licence)")
 
 
-def _finish(run: Run, final_eval: EvalResult | None, preprocess: PreprocessConfig, seconds: float) -> dict[str, Any]:
+def _finish(run: Run, final_eval: EvalResult | None, seconds: float) -> dict[str, Any]:
     a, out = run.accelerator, run.out
     sync_buffers(a, run.model)
     _export(run, out / "model.safetensors", "final")
