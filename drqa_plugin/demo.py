@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(score_table(cfg, weights))
     print("\nOutputs:\n" + where(cfg))
     print(f"\nScore your own pairs:  drqa score --weights {weights} --restored IMG_OR_DIR --degraded IMG_OR_DIR")
-    print("\n" + DISCLAIMER.splitlines()[0])
+    print("\n" + DISCLAIMER)
     return 0
 
 
