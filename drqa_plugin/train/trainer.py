@@ -310,13 +310,14 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, norm: Normalizer, desc: str) -> EvalResult:
+def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, norm: Normalizer, desc: str,
+             progress: bool = True) -> EvalResult:
     """Student (dr) scores of the val split, gathered without duplicates, with global + grouped metrics."""
     sync_buffers(accelerator, model)
     model.eval()
     scores, targets, groups, names = [], [], [], []
     bar = tqdm(rng_neutral(loader, accelerator.device), total=len(loader), desc=desc, leave=False,
-               disable=not accelerator.is_main_process)
+               disable=not (accelerator.is_main_process and progress))
     for batch in bar:
         with accelerator.autocast():
             s = model(norm(batch["restored"]), norm(batch["degraded"]))
@@ -592,7 +593,8 @@ def _log_train(run: Run, bar: tqdm, stage: int, epoch: int, sums: dict[str, floa
 
 def _eval_and_keep_best(run: Run, stage: int, epoch: int) -> EvalResult:
     a = run.accelerator
-    result = evaluate(a, run.model, run.val_loader, run.norm, desc=f"eval @ step {run.state.step}")
+    result = evaluate(a, run.model, run.val_loader, run.norm, desc=f"eval @ step {run.state.step}",
+                      progress=run.cfg.log.progress)
     m = result.metrics
     score = m["srcc"] + m["plcc"]
     improved = math.isfinite(score) and (run.state.best_score is None or score > run.state.best_score)
