@@ -197,9 +197,9 @@ def ddp_scaling(args: argparse.Namespace) -> dict:
                     s.bind(("127.0.0.1", 0))
                     port = s.getsockname()[1]
                 env["ACCELERATE_USE_CPU"] = "1"
-                cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-                       str(procs), "--main_process_port", str(port), "--mixed_precision", "no",
-                       "--dynamo_backend", "no", "--num_machines", "1", *common]
+                cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                       str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(procs),
+                       "--main_process_port", str(port), *common]
             subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
             r = json.loads(out.read_text())
             r["samples_per_s_total"] = procs * args.batch / r["s_per_step"]

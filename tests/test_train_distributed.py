@@ -59,8 +59,9 @@ def launch(launch_args: list[str], overrides: list[str], cpu_ddp: bool = True, c
 
 
 def ddp_args() -> list[str]:
-    return ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    # An explicit config file also keeps a user's default Accelerate config out of the test.
+    return ["--config_file", "recipes/accelerate/cpu_2proc.yaml", "--multi_gpu", "--num_processes", "2",
+            "--main_process_port", str(_free_port())]
 
 
 def zero2_args() -> list[str]:
@@ -173,9 +174,9 @@ def test_simulated_two_node_launch(tmp_path: Path) -> None:
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        cmd = [*_accelerate(), "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank",
-               str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--mixed_precision", "no", "--dynamo_backend", "no",
+        cmd = [*_accelerate(), "--config_file", "recipes/accelerate/cpu_2proc.yaml", "--multi_gpu",
+               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                "-m", "drqa_plugin.train", "--config", TINY, f"output_dir={tmp_path}", "max_steps=3",
                "checkpoint_every=0"]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(True), stdout=subprocess.PIPE,
