@@ -115,10 +115,11 @@ def _to_unit_float(x: Tensor, what: str) -> Tensor:
         return x.float().div_(255.0)
     if not x.is_floating_point():
         raise ImageInputError(f"{what} must be uint8 or float in [0,1]; got {x.dtype}")
-    if x.numel() and not torch.isfinite(x).all():
-        raise ImageInputError(f"{what} contains NaN or infinite values")
     if x.numel():
+        # One pass: NaN propagates through aminmax and +-inf fails the range test.
         lo, hi = x.detach().aminmax()
+        if torch.isnan(lo) or torch.isnan(hi):
+            raise ImageInputError(f"{what} contains NaN values")
         # Allow small overshoot from resampling; 0-255 floats are a caller bug.
         if lo < -0.05 or hi > 1.05:
             raise ImageInputError(

@@ -168,3 +168,18 @@ def test_cuda_matches_cpu(random_model, pair):
     cpu = dq.DRIQA(random_model)(restored, degraded)
     gpu = dq.DRIQA(random_model, device="cuda")(restored, degraded)
     assert (gpu - cpu).abs().max() < 1e-3
+
+
+def test_cpu_scorer_uses_fused_blocks_and_stays_exact(random_model):
+    from drqa_plugin.models.blocks import FusedBottleneck, _mkldnn_pointwise_available
+    from drqa_plugin.preprocess import normalize
+
+    if not _mkldnn_pointwise_available():
+        pytest.skip("this PyTorch build has no fused oneDNN convolutions")
+    scorer = dq.DRIQA(random_model, preprocess="none")
+    assert any(isinstance(m, FusedBottleneck) for m in scorer.model.modules())
+    x, y = torch.rand(2, 3, 96, 96), torch.rand(2, 3, 96, 96)
+    cfg = random_model.pretrained_cfg.preprocess
+    with torch.no_grad():
+        expected = random_model(normalize(x, cfg), normalize(y, cfg))
+    torch.testing.assert_close(scorer(x, y), expected, atol=1e-5, rtol=0)

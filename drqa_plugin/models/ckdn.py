@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from drqa_plugin.models.blocks import fold_batchnorm, resnet_stage
+from drqa_plugin.models.blocks import fold_batchnorm, fuse_bottlenecks_for_cpu, resnet_stage
 
 # The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
 # FLOPs, and where the score is formed) always stay fp32.
@@ -111,13 +111,25 @@ class CKDN(nn.Module):
 
     @staticmethod
     def _pool_score(features: Tensor, head: nn.Sequential) -> Tensor:
+        return CKDN._head_score(features.mean(dim=(2, 3)), head)
+
+    @staticmethod
+    def _head_score(pooled: Tensor, head: nn.Sequential) -> Tensor:
         # The head may be kept in fp32 while the convolutional trunk runs in bf16.
-        pooled = features.mean(dim=(2, 3)).to(head[0].weight.dtype)
-        return torch.sigmoid(head(pooled)).squeeze(1)
+        return torch.sigmoid(head(pooled.to(head[0].weight.dtype))).squeeze(1)
 
     def compare(self, restored_features: Tensor, reference_features: Tensor) -> Tensor:
         """Score restored-encoder features against reference-encoder features."""
         return self._pool_score(self.comparator(restored_features - reference_features), self.head)
+
+    def pooled_features(self, restored: Tensor, degraded: Tensor) -> Tensor:
+        """Globally pooled comparator features (N, 512) of the degraded-reference path."""
+        diff = self.restored_encoder(restored) - self.reference_encoder(degraded)
+        return self.comparator(diff).float().mean(dim=(2, 3))
+
+    def score_pooled(self, pooled: Tensor) -> Tensor:
+        """Scores (N,) from :meth:`pooled_features`; lets callers run the head once for many chunks."""
+        return self._head_score(pooled, self.head)
 
     def forward(
         self,
@@ -171,10 +183,13 @@ def frozen_inference_copy(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     channels_last: bool = True,
+    differentiable: bool = True,
 ) -> CKDN:
     """A private, frozen, eval-mode copy for scoring: BatchNorm folded, trunk cast to ``dtype``.
 
     Casting the weights once beats autocast, which re-casts them on every call.
+    With ``differentiable=False`` on CPU, ReLU and residual adds are also fused into
+    oneDNN convolutions (no autograd through those; the scorer's case, not the loss's).
     The caller's model is never modified.
     """
     net = fold_batchnorm(copy.deepcopy(model).float().eval())
@@ -184,4 +199,6 @@ def frozen_inference_copy(
         net = net.to(memory_format=torch.channels_last)
     for name in TRUNK_MODULES:
         getattr(net, name).to(dtype)
+    if not differentiable and next(net.parameters()).device.type == "cpu":
+        fuse_bottlenecks_for_cpu(net)
     return net.requires_grad_(False)
