@@ -350,3 +350,15 @@ def test_every_restoration_operator():
         assert np.abs(out - degraded).mean() > 1e-4, op  # every operator changes its input
     with pytest.raises(ValueError, match="unknown restoration operator"):
         restore(ctx, ["magic"], np.random.default_rng(0))
+
+
+def test_relative_list_file_is_found_under_root(tmp_path, monkeypatch):
+    from drqa_plugin.data import resolve_list_file
+
+    (tmp_path / "train.txt").write_text("A0001_00_00.bmp,1500\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve_list_file("train.txt", str(tmp_path)) == str(tmp_path / "train.txt")
+    (elsewhere / "train.txt").write_text("")
+    assert resolve_list_file("train.txt", str(tmp_path)) == "train.txt"  # an existing relative path wins

@@ -15,6 +15,8 @@ Datasets have ``set_epoch(epoch)`` to draw new (still deterministic) samples.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -87,6 +89,17 @@ def split_photos(photos: list[Photo], cfg: DataConfig) -> tuple[list[int], list[
     return train, val
 
 
+def resolve_list_file(list_file: str, root: str) -> str:
+    """A relative list file that does not exist here is looked up under ``root``.
+
+    So ``data.root=/data/PIPAL`` alone finds the recipe's ``train.txt`` in it.
+    """
+    path = Path(list_file)
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(root) / path)
+
+
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     """The ``"train"`` or ``"val"`` dataset described by ``cfg``.
 
@@ -100,7 +113,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
             list_file, part = (cfg.list_file if split == "train" else cfg.val_list_file), None
         else:
             list_file, part = cfg.list_file, split
-        return PIPALPairs(cfg.root, list_file, cfg.crop, cfg.seed, split=part, val_fraction=cfg.val_fraction,
+        return PIPALPairs(cfg.root, resolve_list_file(list_file, cfg.root), cfg.crop, cfg.seed, split=part,
+                          val_fraction=cfg.val_fraction,
                           layout=cfg.pipal, seed=cfg.seed, random_crop=(split == "train"))
     from drqa_plugin.data.synthetic import SyntheticPairs
 
