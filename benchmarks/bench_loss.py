@@ -15,8 +15,6 @@ temporary folder first. Weights do not change the amount of work.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -26,11 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import sys
+
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import drqa_plugin.integrations.basicsr  # noqa: F401  (torchvision shim before BasicSR)
 from drqa_plugin import create_model
 from drqa_plugin.loss import DRIQALoss
+from benchmarks.common import machine_description  # noqa: E402
 
 VARIANTS = {
     "fp32": {},
@@ -50,30 +53,13 @@ class BenchConfig:
     device: str = "cpu"
 
 
-def machine_description(device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [
-        f"CPU: {cpu}",
-        f"cores visible: {os.cpu_count()}",
-        f"torch threads: {torch.get_num_threads()}",
-        f"torch {torch.__version__}",
-    ]
-    if device.startswith("cuda"):
-        parts.append(f"GPU: {torch.cuda.get_device_name(device)}")
+def describe_machine() -> str:
     try:
         import basicsr
 
-        parts.append(f"basicsr {basicsr.__version__}")
+        return f"{machine_description()}, basicsr {basicsr.__version__}"
     except (ImportError, AttributeError):
-        pass
-    return ", ".join(parts)
+        return machine_description()
 
 
 @contextmanager
@@ -185,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = BenchConfig(args.batch, args.size, args.scale, args.repeats, args.warmup, args.device)
 
-    print(machine_description(cfg.device))
+    print(describe_machine())
     print(
         f"batch {cfg.batch}, output {cfg.size}x{cfg.size}, LQ {cfg.size // cfg.scale}x{cfg.size // cfg.scale} "
         f"(x{cfg.scale}), forward+backward to the output, "

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import drqa_plugin as dq  # noqa: E402
-from benchmarks.common import machine_description, matmul_peak_gflops, time_rate  # noqa: E402
+from benchmarks.common import machine_description, matmul_peak_flops, time_rate  # noqa: E402
 
 
 def pyiqa_ckdn() -> torch.nn.Module:
@@ -64,7 +64,7 @@ def main() -> None:
     reference = pyiqa_ckdn()
     flops = flops_per_pair(ours_model)
     print(f"machine: {machine_description()}")
-    peak = {name: matmul_peak_gflops(dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peak = {name: matmul_peak_flops(dt) / 1e9 for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     print(f"network: {flops / 1e9:.2f} GFLOP per pair at 288x288 (torch.utils.flop_counter)")
     print(f"inputs: 512x512 RGB pairs, ckdn protocol; {args.seconds:.0f} s per configuration\n")

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,25 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from drqa_plugin import create_model  # noqa: E402
 from drqa_plugin.train.losses import STAGE_PATHS  # noqa: E402
+from benchmarks.common import fastest_call, machine_description, matmul_peak_flops  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    except OSError:
-        isa = []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu} ({cores} usable cores, ISA {'/'.join(isa) or '?'}){gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; python {platform.python_version()}")
 
 
 def batch(n: int, crop: int, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
@@ -93,45 +75,22 @@ def step_flops(crop: int, n: int, stage: int, device: torch.device) -> float:
     return float(counter.get_total_flops()) * n
 
 
-def time_fn(fn, steps: int, warmup: int = 1, sync=lambda: None) -> float:
-    """Fastest of ``steps`` timed calls: on a shared machine the minimum is the least disturbed one."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    best = float("inf")
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
-    size = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    seconds = time_fn(lambda: a @ b, steps=10 if device.type == "cpu" else 50, warmup=2, sync=sync)
-    return 2 * size**3 / seconds
-
-
 def single_process(args: argparse.Namespace, device: torch.device) -> list[dict]:
     rows = []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     flops = {s: step_flops(args.crop, args.batch, s, device) for s in (1, 2)}
-    peaks = {name: matmul_peak(dt or torch.float32, device) for name, dt in DTYPES.items()}
+    peaks = {name: matmul_peak_flops(dt or torch.float32, device) for name, dt in DTYPES.items()}
     for name, dtype in DTYPES.items():
         for channels_last in (False, True):
             for stage in (1, 2):
                 # Re-measure the peak next to each case and keep the best: load from other jobs lowers both.
-                peaks[name] = max(peaks[name], matmul_peak(dtype or torch.float32, device))
+                peaks[name] = max(peaks[name], matmul_peak_flops(dtype or torch.float32, device))
                 model = create_model("ckdn_r50").train().to(device)
                 if channels_last:
                     model = model.to(memory_format=torch.channels_last)
                 opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
                 xs = batch(args.batch, args.crop, device, channels_last)
-                seconds = time_fn(make_step(model, opt, xs, stage, dtype, device), args.steps, sync=sync)
+                seconds = fastest_call(make_step(model, opt, xs, stage, dtype, device), args.steps, sync=sync)
                 achieved = flops[stage] / seconds
                 rows.append(dict(dtype=name, channels_last=channels_last, stage=stage, s_per_step=seconds,
                                  samples_per_s=args.batch / seconds, gflops=achieved / 1e9,
@@ -173,7 +132,7 @@ def worker(args: argparse.Namespace) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds = time_fn(step, args.steps, sync=acc.wait_for_everyone)
+    seconds = fastest_call(step, args.steps, sync=acc.wait_for_everyone)
     if acc.is_main_process:
         Path(args.out).write_text(json.dumps({"processes": acc.num_processes, "type": str(acc.distributed_type),
                                               "s_per_step": seconds, "threads": torch.get_num_threads()}))
@@ -226,9 +185,9 @@ def main() -> None:
     if args.worker:
         return worker(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_description()}")
     print(f"training step, {args.crop} px, batch {args.batch} per process, device {device}:", flush=True)
-    results = {"machine": machine(), "crop": args.crop, "batch": args.batch, "single": single_process(args, device)}
+    results = {"machine": machine_description(), "crop": args.crop, "batch": args.batch, "single": single_process(args, device)}
     best = max(results["single"], key=lambda r: r["fraction_of_peak"])
     print(f"best fraction of matmul peak: {100 * best['fraction_of_peak']:.1f} % "
           f"({best['dtype']}, {'channels_last' if best['channels_last'] else 'contiguous'}, stage {best['stage']}); "

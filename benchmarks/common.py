@@ -6,34 +6,55 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
+    """CPU model, usable cores, relevant ISA, GPU, torch and python versions."""
+    cpu, isa = platform.processor() or "unknown CPU", []
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        info = Path("/proc/cpuinfo").read_text()
+        for line in info.splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in info]
     except OSError:
         pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads){gpu}, python {platform.python_version()}"
+        f"{cpu} ({cores} usable cores, ISA {'/'.join(isa) or '?'}){gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; python {platform.python_version()}"
     )
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
-    """Achieved GFLOP/s of a square matmul: the practical peak of this machine in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    rate = time_rate(lambda: a @ b, seconds=seconds)
-    return rate * 2 * n**3 / 1e9
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """FLOP/s of the fastest of several square matmuls: the practical peak in ``dtype``."""
+    device = torch.device(device)
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    seconds = fastest_call(lambda: a @ b, calls=10 if device.type == "cpu" else 50, warmup=2, sync=sync)
+    return 2 * size**3 / seconds
+
+
+def fastest_call(fn: Callable[[], object], calls: int, warmup: int = 1, sync: Callable[[], object] = lambda: None) -> float:
+    """Seconds of the fastest of ``calls`` timed calls (the least disturbed on a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def time_rate(fn: Callable[[], object], seconds: float = 3.0, repeats: int = 3) -> float:
