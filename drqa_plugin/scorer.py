@@ -9,7 +9,6 @@ re-casts them every call) while the small MLP head stays fp32.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
