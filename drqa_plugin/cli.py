@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from tqdm import tqdm
+import numpy as np
 
-from drqa_plugin.preprocess import PREPROCESS_MODES, ImageInputError, to_float_batch
+from drqa_plugin.preprocess import PREPROCESS_MODES
+from drqa_plugin.registry import PRECISIONS
 from drqa_plugin.weights import WeightsError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -80,7 +79,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from drqa_plugin.scorer import DRIQA
+    from drqa_plugin.scorer import DRIQA, score_file_pairs
 
     plan = pair_files(Path(args.restored), Path(args.degraded), args.restored_suffix)
     errors = list(plan.unmatched)
@@ -88,27 +87,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
         args.weights,
         preprocess=args.preprocess,
         device=args.device,
-        dtype=DTYPES[args.dtype],
+        dtype=PRECISIONS[args.dtype],
         reference_interpolation=args.reference_interpolation,
     )
-    rows: list[dict] = []
-    with tqdm(total=len(plan.pairs), desc="scoring", unit="pair", disable=args.quiet) as bar:
-        for start in range(0, len(plan.pairs), args.batch_size):
-            batch = plan.pairs[start : start + args.batch_size]
-            loaded, kept = [], []
-            for r, d in batch:
-                try:
-                    loaded.append((to_float_batch(r)[0], to_float_batch(d)[0]))
-                    kept.append((r, d))
-                except ImageInputError as exc:
-                    errors.append(str(exc))
-            if loaded:
-                scores = scorer([r for r, _ in loaded], [d for _, d in loaded])
-                rows += [
-                    {"restored": str(r), "degraded": str(d), "score": round(float(s), 6)}
-                    for (r, d), s in zip(kept, scores)
-                ]
-            bar.update(len(batch))
+    scores, failures = score_file_pairs(scorer, plan.pairs, args.batch_size, progress=not args.quiet)
+    errors += [failures[i] for i in sorted(failures)]
+    rows = [
+        {"restored": str(r), "degraded": str(d), "score": round(float(score), 6)}
+        for (r, d), score in zip(plan.pairs, scores)
+        if not np.isnan(score)
+    ]
     _write_scores(rows, errors, args, scorer)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
@@ -177,7 +165,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the scorer."""
     parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="ckdn")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs loaded at a time")
     parser.add_argument(
         "--reference-interpolation",

@@ -25,13 +25,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from drqa_plugin.data.config import PIPALLayout
 from drqa_plugin.data.photos import DataError
 from drqa_plugin.data.pipal import check_files, pipal_paths, read_pipal_list
 from drqa_plugin.metrics import EvalResult, evaluate
-from drqa_plugin.preprocess import ImageInputError, to_float_batch
+from drqa_plugin.scorer import score_file_pairs
 
 CSV_COLUMNS = ("restored", "degraded", "mos")
 
@@ -117,27 +116,8 @@ def read_labelled_list(list_file: str | os.PathLike, root: str | os.PathLike | N
 def score_pairs(scorer: Scorer, pairs: Sequence[EvalPair], batch_size: int = 8,
                 progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Scores of every pair (NaN where an image could not be read) and the error messages."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    preds = np.full(len(pairs), np.nan)
-    errors: list[str] = []
-    with tqdm(total=len(pairs), desc="evaluating", unit="pair", disable=not progress) as bar:
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
-            restored, degraded, kept = [], [], []
-            for offset, pair in enumerate(batch):
-                try:
-                    r, d = to_float_batch(pair.restored), to_float_batch(pair.degraded)
-                except ImageInputError as exc:
-                    errors.append(f"list line {pair.line}: {exc}")
-                    continue
-                restored.append(r[0])
-                degraded.append(d[0])
-                kept.append(start + offset)
-            if kept:
-                preds[kept] = scorer(restored, degraded).detach().float().cpu().numpy()
-            bar.update(len(batch))
-    return preds, errors
+    preds, failures = score_file_pairs(scorer, [(p.restored, p.degraded) for p in pairs], batch_size, progress)
+    return preds, [f"list line {pairs[i].line}: {failures[i]}" for i in sorted(failures)]
 
 
 def evaluate_pairs(scorer: Scorer, pairs: Sequence[EvalPair], batch_size: int = 8, progress: bool = True,
@@ -186,13 +166,13 @@ def _write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray)
 
 def run(args: argparse.Namespace) -> int:
     """Run ``drqa eval``; 0 on success, 1 if some images could not be read (metrics cover the rest)."""
-    from drqa_plugin.cli import DTYPES
+    from drqa_plugin.registry import PRECISIONS
     from drqa_plugin.scorer import DRIQA
 
     layout = PIPALLayout(restored_dir=args.restored_dir, degraded_dir=args.degraded_dir,
                          degraded_prefix=args.degraded_prefix, drop_pattern=args.drop_pattern)
     pairs = read_labelled_list(args.list_file, args.root, layout)
-    scorer = DRIQA(args.weights, preprocess=args.preprocess, device=args.device, dtype=DTYPES[args.dtype],
+    scorer = DRIQA(args.weights, preprocess=args.preprocess, device=args.device, dtype=PRECISIONS[args.dtype],
                    reference_interpolation=args.reference_interpolation)
     preds, errors = score_pairs(scorer, pairs, args.batch_size, progress=not args.quiet)
     if args.out:

@@ -29,13 +29,12 @@ from drqa_plugin.preprocess import (
     prepare_pair,
     tile_pairs,
 )
-from drqa_plugin.registry import INTERPOLATIONS, PretrainedConfig, create_model, get_variant
+from drqa_plugin.registry import INTERPOLATIONS, PRECISIONS, PretrainedConfig, create_model, get_variant
 from drqa_plugin.weights import load_model
 
 WeightsSpec = Union[str, os.PathLike, nn.Module, None]
 RANDOM_WEIGHTS = "random"
 REDUCTIONS = ("mean", "sum", "none")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)

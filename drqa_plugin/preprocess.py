@@ -49,9 +49,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def to_float_batch(image: ImageLike, channel_order: ChannelOrder = "RGB") -> Tensor:
     """Any supported image -> float32 tensor (N, 3, H, W) in [0, 1], RGB.
 
-    Tensors: float in [0, 1] or uint8, CHW or NCHW. Arrays: uint8 or float in
-    [0, 1], HWC, HW or NHWC (``channel_order`` says whether they are BGR, as
-    OpenCV/BasicSR images are). PIL images and paths are read as RGB. One
+    Tensors: float in [0, 1] or uint8, CHW or NCHW, always RGB. Arrays: uint8,
+    uint16 or float in [0, 1], HWC, HW or NHWC (``channel_order`` says whether
+    they are BGR, as OpenCV/BasicSR images are). PIL images and paths are read as RGB. One
     channel is expanded to three, an alpha channel is dropped.
     """
     if channel_order not in ("RGB", "BGR"):
@@ -65,8 +65,7 @@ def to_float_batch(image: ImageLike, channel_order: ChannelOrder = "RGB") -> Ten
     if isinstance(image, Tensor):
         x = _to_nchw(image)
         x = _to_unit_float(x, "tensor")
-        x = _to_three_channels(x, "tensor")
-        return x.flip(1) if channel_order == "BGR" else x
+        return _to_three_channels(x, "tensor")  # tensors are RGB, the torch convention
     raise ImageInputError(
         f"unsupported image type {type(image).__name__}; use a float tensor in [0,1], "
         "a uint8 array, a PIL image or a file path"

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
 from drqa_plugin.models.ckdn import CKDN, CKDNConfig
@@ -18,6 +19,8 @@ from drqa_plugin.models.ckdn import CKDN, CKDNConfig
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+# Names of the compute precisions accepted by the CLI, the loss and the BasicSR options.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)

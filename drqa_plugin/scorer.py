@@ -9,12 +9,13 @@ re-casts them every call) while the small MLP head stays fp32.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from drqa_plugin.models.ckdn import frozen_inference_copy
 from drqa_plugin.preprocess import (
@@ -188,3 +189,36 @@ def _as_items(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def score_file_pairs(
+    scorer: Callable[[list[Tensor], list[Tensor]], Tensor],
+    pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Score (restored, degraded) files, ``batch_size`` pairs loaded at a time.
+
+    Returns the scores (NaN where a pair could not be read) and, for each such pair's
+    index, the reason; one unreadable file never stops the others.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    scores = np.full(len(pairs), np.nan)
+    errors: dict[int, str] = {}
+    with tqdm(total=len(pairs), desc="scoring", unit="pair", disable=not progress) as bar:
+        for start in range(0, len(pairs), batch_size):
+            restored, degraded, kept = [], [], []
+            for index in range(start, min(start + batch_size, len(pairs))):
+                try:
+                    r, d = (to_float_batch(path)[0] for path in pairs[index])
+                except ImageInputError as exc:
+                    errors[index] = str(exc)
+                    continue
+                restored.append(r)
+                degraded.append(d)
+                kept.append(index)
+            if kept:
+                scores[kept] = scorer(restored, degraded).detach().float().cpu().numpy()
+            bar.update(min(batch_size, len(pairs) - start))
+    return scores, errors

@@ -54,6 +54,8 @@ def test_bgr_arrays_with_explicit_channel_order(random_model, scorer, pair):
     expected = scorer(restored, degraded)
     torch.testing.assert_close(bgr(restored[..., ::-1], degraded[..., ::-1]), expected, atol=1e-5, rtol=0)
     assert (scorer(restored[..., ::-1], degraded[..., ::-1]) - expected).abs().max() > 1e-4
+    # channel_order is about arrays; tensors are RGB by the torch convention.
+    torch.testing.assert_close(bgr(as_tensor(restored), as_tensor(degraded)), expected, atol=1e-5, rtol=0)
 
 
 def test_grayscale_is_expanded_and_alpha_dropped(scorer, pair):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from drqa_plugin.integrations.basicsr.options_check import OptionError, check_keys
+from drqa_plugin.registry import PRECISIONS
 from drqa_plugin.scorer import DRIQA
 
 METRIC_KEYS = (
@@ -30,7 +31,7 @@ METRIC_KEYS = (
     "precision",
     "input_order",
 )
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {name: PRECISIONS[name] for name in ("fp32", "bf16")}
 
 
 @dataclass(frozen=True)
