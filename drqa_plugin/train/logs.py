@@ -100,9 +100,11 @@ def _plot_losses(plt: Any, rows: list[dict[str, str]], path: Path) -> Path:
         xs, ys = _series(rows, "train", key)
         if xs:
             ax_loss.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+    stage1 = [int(r["step"]) for r in rows if r["split"] == "train" and r["stage"] == "1"]
     stage2 = [int(r["step"]) for r in rows if r["split"] == "train" and r["stage"] == "2"]
     if stage2:
-        ax_loss.axvline(min(stage2), color="grey", ls="--", lw=1, label="stage 2 starts")
+        # A row's step counts the updates done, so stage 2 begins right after the last stage-1 row.
+        ax_loss.axvline(max(stage1) if stage1 else min(stage2), color="grey", ls="--", lw=1, label="stage 2 starts")
     ax_loss.set(xlabel="optimiser step", ylabel="weighted loss", title="training losses", yscale="log")
     ax_loss.legend()
     for key in ("srcc", "plcc", "grouped_srcc"):
