@@ -12,11 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from drqa_plugin.preprocess import PREPROCESS_MODES
+from drqa_plugin.preprocess import IMAGE_SUFFIXES, PREPROCESS_MODES
 from drqa_plugin.registry import PRECISIONS
 from drqa_plugin.weights import WeightsError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -46,7 +45,7 @@ def pair_files(restored: Path, degraded: Path, restored_suffix: str = "") -> Pai
     outs = _images_in(restored)
     refs = _images_in(degraded)
     if not outs:
-        raise ValueError(f"no images in {restored} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"no images in {restored} (looked for {', '.join(IMAGE_SUFFIXES)})")
     plan = PairPlan()
     matched_refs: set[str] = set()
     for stem, path in outs.items():

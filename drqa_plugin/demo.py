@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from drqa_plugin.metrics import srcc
+from drqa_plugin.preprocess import to_float_batch
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "recipes" / "configs" / "demo.yaml"
 CPU_RECIPE = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
@@ -136,7 +139,7 @@ def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return to_float_batch(img)[0]
 
 
 def score_table(cfg: DemoConfig, weights: Path) -> str:
@@ -168,18 +171,12 @@ def score_table(cfg: DemoConfig, weights: Path) -> str:
     lines = [head, "-" * len(head)]
     for m in sorted(methods, key=lambda k: -np.mean(dr[k])):
         lines.append(f"{m:<{width}}" + "".join(f"{s:12.4f}" for s in dr[m]) + f"{np.mean(dr[m]):10.4f}{np.mean(fr[m]):11.4f}")
-    rank = _spearman([np.mean(dr[m]) for m in methods], [np.mean(fr[m]) for m in methods])
+    rank = srcc([np.mean(dr[m]) for m in methods], [np.mean(fr[m]) for m in methods])
     lines.append(f"\nDR score = the trained model's degraded-reference score of each restoration, given only the "
                  f"degraded input (x{cfg.scale} down, JPEG q60, bicubic up) as reference; higher is better.")
     lines.append(f"SSIM (FR) = full-reference SSIM against the pristine crop, the kind of label the demo trained on. "
                  f"Rank agreement of the two method means (Spearman): {rank:+.2f}")
     return "\n".join(lines)
-
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
 
 
 def where(cfg: DemoConfig) -> str:

@@ -23,6 +23,8 @@ ImageLike = Union[Tensor, np.ndarray, Image.Image, str, os.PathLike]
 ChannelOrder = Literal["RGB", "BGR"]
 PreprocessMode = Literal["ckdn", "none", "tiles"]
 PREPROCESS_MODES = ("ckdn", "none", "tiles")
+# File suffixes treated as images when a folder is scanned (scoring and training data).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Below this the 8x-downsampling trunk has almost no spatial extent left.
 MIN_SIDE = 32
 # Pairs whose aspect ratios differ more than this are almost surely mismatched files.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from drqa_plugin.preprocess import IMAGE_SUFFIXES
 
 # Natural photos among scikit-image's bundled data files (no synthetic patterns,
 # documents, binary masks or already-blurred images); all are >= 300 px.

@@ -22,11 +22,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from drqa_plugin.data.config import PIPALLayout
 from drqa_plugin.data.photos import DataError, read_rgb
+from drqa_plugin.preprocess import to_float_batch
 
 MOS_OFFSET = 900.0
 MOS_SCALE = 1000.0
@@ -121,10 +121,6 @@ def split_scenes(scenes: Sequence[str], val_fraction: float, split_seed: int) ->
     return set(unique) - val, val
 
 
-def _to_tensor(x: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).float().div_(255.0)
-
-
 class PIPALPairs(Dataset):
     """Samples of a PIPAL-layout list, same dict format as the synthetic pipeline.
 
@@ -204,7 +200,7 @@ class PIPALPairs(Dataset):
             raise DataError(f"{entry.name} (list line {entry.line}): {w}x{h} is smaller than crop {self.crop}")
         top, left = self._crop_box(h, w, rng)
         c = self.crop
-        sample = {k: _to_tensor(a[top:top + c, left:left + c]) for k, a in arrays.items()}
+        sample = {k: to_float_batch(a[top:top + c, left:left + c])[0] for k, a in arrays.items()}
         return {
             **sample,
             "target": torch.tensor(mos_to_target(entry.mos), dtype=torch.float32),
