@@ -32,9 +32,8 @@ from PIL import Image, ImageFilter
 from drqa_plugin.metrics import srcc
 from drqa_plugin.preprocess import to_float_batch
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "recipes" / "configs" / "demo.yaml"
-CPU_RECIPE = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
+# Shipped inside the package, so the demo runs from an installed wheel as from a checkout.
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DISCLAIMER = (
     "NOTE: this demo model is trained for a few minutes on a dozen bundled photos with synthetic SSIM labels,\n"
     "from random initialisation. It is NOT the paper's CKDN model (trained on PIPAL's human scores) and its\n"
@@ -72,13 +71,15 @@ def train(cfg: DemoConfig, overrides: list[str]) -> None:
     """Run the trainer under ``accelerate launch``; its progress bar and stage messages stream through."""
     accelerate = Path(sys.executable).with_name("accelerate")
     launcher = [str(accelerate), "launch"] if accelerate.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [*launcher, "--config_file", str(CPU_RECIPE), "--num_processes", str(cfg.processes),
-           "--main_process_port", str(_free_port()), "-m", "drqa_plugin.train", "--config", str(DEMO_CONFIG),
+    # DDP over gloo on CPU: --multi_gpu with ACCELERATE_USE_CPU=1 (--cpu alone gives one process).
+    cmd = [*launcher, "--multi_gpu", "--num_machines", "1", "--num_processes", str(cfg.processes),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "drqa_plugin.train", "--config", str(DEMO_CONFIG),
            f"output_dir={cfg.output_dir}", "overwrite=true", *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    result = subprocess.run(cmd, cwd=REPO, env=env)
+    result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise SystemExit(f"demo training failed (exit code {result.returncode}); see the messages above")
     print(f"training took {time.perf_counter() - t0:.0f} s", flush=True)
@@ -189,7 +190,6 @@ def where(cfg: DemoConfig) -> str:
         ("per-step losses and val metrics", out / "metrics.csv"),
         ("val predictions", out / "predictions.csv"),
         ("checkpoints (resume=latest)", out / "checkpoints"),
-        ("TensorBoard logs", out / "tensorboard"),
         ("run summary", out / "summary.json"),
     ]
     return "\n".join(f"  {what:<34} {path}{'' if path.exists() else '  (missing)'}" for what, path in items)

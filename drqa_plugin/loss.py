@@ -15,26 +15,36 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, fields
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
+from drqa_plugin.config import check_keys
+from drqa_plugin.constants import (
+    DEFAULT_ARCH,
+    INTERPOLATIONS,
+    PREPROCESS_MODES,
+    precision_name,
+    resolve_dtype,
+)
+from drqa_plugin.errors import ConfigError, ImageInputError
 from drqa_plugin.models.ckdn import frozen_inference_copy
 from drqa_plugin.preprocess import (
-    PREPROCESS_MODES,
-    ImageInputError,
     match_reference_size,
     normalize,
     prepare_pair,
     tile_pairs,
 )
-from drqa_plugin.registry import INTERPOLATIONS, PRECISIONS, PretrainedConfig, create_model, get_variant
+from drqa_plugin.pretrained import PretrainedConfig
+from drqa_plugin.registry import create_model, get_variant
 from drqa_plugin.weights import load_model
 
 WeightsSpec = Union[str, os.PathLike, nn.Module, None]
 RANDOM_WEIGHTS = "random"
 REDUCTIONS = ("mean", "sum", "none")
+# Values outside this are not a [0, 1] image with some overshoot (NaN is refused too).
+RANGE_LIMIT = (-0.5, 1.5)
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,9 @@ class DRIQALossConfig:
     ``preprocess``: ``"none"`` scores the whole patch as it is (the default: training
     patches are small and any size works); ``"ckdn"`` resizes and centre-crops to the
     published 288 px protocol; ``"tiles"`` averages over ``tile_size`` tiles.
-    ``precision`` ``"bf16"``/``"fp16"`` runs the convolutional trunk in that dtype
-    (weights cast once); ``channels_last`` uses the NHWC memory format.
+    ``precision`` ``"bf16"``/``"fp16"`` (or ``"bfloat16"``, a torch dtype, ...) runs the
+    convolutional trunk in that dtype (weights cast once; stored under its canonical
+    name); ``channels_last`` uses the NHWC memory format.
     """
 
     loss_weight: float = 1.0
@@ -53,22 +64,25 @@ class DRIQALossConfig:
     preprocess: Literal["none", "ckdn", "tiles"] = "none"
     reference_interpolation: str = "bicubic"
     tile_size: int | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: str = "fp32"
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+            raise ConfigError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.preprocess not in PREPROCESS_MODES:
-            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}")
+            raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}")
         if self.reference_interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"reference_interpolation must be one of {INTERPOLATIONS}, got {self.reference_interpolation!r}"
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        object.__setattr__(self, "precision", precision_name(resolve_dtype(self.precision)))
         if self.tile_size is not None and self.tile_size < 8:
-            raise ValueError(f"tile_size must be >= 8, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be >= 8, got {self.tile_size}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return resolve_dtype(self.precision)
 
 
 def config_keys() -> tuple[str, ...]:
@@ -79,7 +93,7 @@ def config_keys() -> tuple[str, ...]:
 def resolve_network(weights: WeightsSpec) -> nn.Module:
     """The CKDN network behind a ``weights`` option (a file, a module, or ``"random"``)."""
     if weights is None:
-        raise ValueError(
+        raise ConfigError(
             "DRIQALoss needs weights: the path of a drqa-plugin .safetensors file (train one, or convert a "
             "published CKDN checkpoint with `drqa convert`). A randomly initialised network scores noise and "
             "is useless as a loss; pass weights='random' explicitly only for tests and demos."
@@ -92,7 +106,7 @@ def resolve_network(weights: WeightsSpec) -> nn.Module:
             "information about image quality; use this only for tests and demos",
             stacklevel=3,
         )
-        return create_model("ckdn_r50")
+        return create_model(DEFAULT_ARCH)
     if isinstance(weights, (str, os.PathLike)):
         return load_model(weights)
     raise TypeError(f"weights must be a file path, an nn.Module or 'random'; got {type(weights).__name__}")
@@ -120,26 +134,28 @@ class DRIQALoss(nn.Module):
         preprocess: str = "none",
         reference_interpolation: str = "bicubic",
         tile_size: int | None = None,
-        precision: str = "fp32",
+        precision: str | torch.dtype = "fp32",
         channels_last: bool = False,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        # Hosts build losses from option files (BasicSR's build_loss, traiNNer-redux's): a typo
+        # must name the key and its likely meaning, not end in a bare TypeError.
+        check_keys(unknown, config_keys(), "DRIQALoss options (train.driqa_opt / train.losses)")
         self.cfg = DRIQALossConfig(
             loss_weight=float(loss_weight),
             reduction=reduction,  # type: ignore[arg-type]
             preprocess=preprocess,  # type: ignore[arg-type]
             reference_interpolation=reference_interpolation,
             tile_size=tile_size,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]  (normalised to its canonical name)
             channels_last=channels_last,
         )
         source = resolve_network(weights)
         self.pretrained_cfg: PretrainedConfig = getattr(source, "pretrained_cfg", None) or get_variant(
-            "ckdn_r50"
+            DEFAULT_ARCH
         ).pretrained
-        self.net = frozen_inference_copy(
-            source, dtype=PRECISIONS[self.cfg.precision], channels_last=self.cfg.channels_last
-        )
+        self.net = frozen_inference_copy(source, dtype=self.cfg.dtype, channels_last=self.cfg.channels_last)
 
 
     @property
@@ -157,7 +173,7 @@ class DRIQALoss(nn.Module):
         """Differentiable quality scores (N,) in (0, 1), float32; gradients reach ``restored`` only."""
         restored, degraded = self._check_inputs(restored, degraded)
         x, y, tiles = self._prepare(restored, degraded.detach())
-        dtype = PRECISIONS[self.cfg.precision]
+        dtype = self.cfg.dtype
         memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         x = x.to(dtype).contiguous(memory_format=memory_format)
         with torch.no_grad():
@@ -167,7 +183,7 @@ class DRIQALoss(nn.Module):
 
     def forward(self, restored: Tensor, degraded: Tensor | None = None) -> Tensor:
         if degraded is None:
-            raise ValueError(
+            raise ImageInputError(
                 "DRIQALoss needs the degraded input as its second argument: loss(restored, degraded) "
                 "(in BasicSR: use model_type DRIQASRModel/DRIQASRGANModel with train.driqa_opt, which pass the LQ)"
             )
@@ -198,6 +214,14 @@ class DRIQALoss(nn.Module):
                 raise ImageInputError(f"DRIQALoss: {name} must be RGB NCHW (N, 3, H, W); got {tuple(t.shape)}")
             if not t.is_floating_point():
                 raise ImageInputError(f"DRIQALoss: {name} must be a float tensor in [0, 1]; got {t.dtype}")
+            # A generator may over- or undershoot [0, 1] a little; 0-255 values are a caller bug
+            # that would otherwise give a saturated score and a silent zero loss.
+            lo, hi = t.detach().aminmax()
+            if bool(torch.isnan(lo) | torch.isnan(hi)) or hi > RANGE_LIMIT[1] or lo < RANGE_LIMIT[0]:
+                raise ImageInputError(
+                    f"DRIQALoss: {name} must hold values in [0, 1]; got range [{float(lo):.3g}, {float(hi):.3g}]"
+                    + (" (0-255 values? divide by 255)" if hi > 2 else "")
+                )
         if restored.shape[0] != degraded.shape[0]:
             raise ImageInputError(f"DRIQALoss: {restored.shape[0]} restored vs {degraded.shape[0]} degraded images")
         return restored.float(), degraded.float()

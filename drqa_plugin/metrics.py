@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Hashable, Sequence
+from typing import ClassVar, Hashable, Sequence
 
 import numpy as np
 
+from drqa_plugin.errors import DataError
+
 
 @dataclass(frozen=True)
-class EvalResult:
+class Correlations:
     """Global and per-reference ("grouped") correlations of predictions with targets."""
+
+    #: the fields a validation log row or summary carries
+    FIELDS: ClassVar[tuple[str, ...]] = ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n")
 
     n: int
     srcc: float
@@ -57,9 +62,9 @@ def _as_arrays(preds: Sequence[float], targets: Sequence[float]) -> tuple[np.nda
     p = np.asarray(preds, dtype=np.float64).reshape(-1)
     t = np.asarray(targets, dtype=np.float64).reshape(-1)
     if p.shape != t.shape:
-        raise ValueError(f"predictions ({p.size}) and targets ({t.size}) differ in length")
+        raise DataError(f"predictions ({p.size}) and targets ({t.size}) differ in length")
     if not (np.isfinite(p).all() and np.isfinite(t).all()):
-        raise ValueError("predictions and targets must be finite (found NaN or inf)")
+        raise DataError("predictions and targets must be finite (found NaN or inf)")
     return p, t
 
 
@@ -115,12 +120,12 @@ def krcc(preds: Sequence[float], targets: Sequence[float]) -> float:
     return float(kendalltau(p, t, variant="b").statistic)
 
 
-def evaluate(
+def correlate(
     preds: Sequence[float],
     targets: Sequence[float],
     groups: Sequence[Hashable] | None = None,
     min_group_size: int = 3,
-) -> EvalResult:
+) -> Correlations:
     """Global correlations plus the per-reference protocol.
 
     Groups may have any sizes; a group with fewer than ``min_group_size`` items
@@ -129,13 +134,13 @@ def evaluate(
     """
     p, t = _as_arrays(preds, targets)
     if p.size == 0:
-        raise ValueError("cannot evaluate an empty set of predictions")
+        raise DataError("cannot evaluate an empty set of predictions")
     per_group: list[tuple[float, float, float]] = []
     skipped = 0
     if groups is not None:
         g = list(groups)
         if len(g) != p.size:
-            raise ValueError(f"groups ({len(g)}) and predictions ({p.size}) differ in length")
+            raise DataError(f"groups ({len(g)}) and predictions ({p.size}) differ in length")
         members: dict[Hashable, list[int]] = {}
         for i, key in enumerate(g):
             members.setdefault(key, []).append(i)
@@ -146,7 +151,7 @@ def evaluate(
                 continue
             per_group.append((srcc(gp, gt), plcc(gp, gt), krcc(gp, gt)))
     means = np.mean(per_group, axis=0) if per_group else np.full(3, np.nan)
-    return EvalResult(
+    return Correlations(
         n=int(p.size),
         srcc=srcc(p, t),
         plcc=plcc(p, t),

@@ -7,45 +7,30 @@ the restored image, so the loss and the scorer share one implementation.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-from drqa_plugin.registry import PreprocessConfig
+from drqa_plugin.constants import IMAGE_SUFFIXES, PREPROCESS_MODES
+from drqa_plugin.errors import ImageInputError
+from drqa_plugin.images import image_to_array, read_image
+from drqa_plugin.pretrained import PreprocessConfig
 
 ImageLike = Union[Tensor, np.ndarray, Image.Image, str, os.PathLike]
 ChannelOrder = Literal["RGB", "BGR"]
 PreprocessMode = Literal["ckdn", "none", "tiles"]
-PREPROCESS_MODES = ("ckdn", "none", "tiles")
-# File suffixes treated as images when a folder is scanned (scoring and training data).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Below this the 8x-downsampling trunk has almost no spatial extent left.
 MIN_SIDE = 32
 # Pairs whose aspect ratios differ more than this are almost surely mismatched files.
 ASPECT_TOLERANCE = 0.1
 
 
-class ImageInputError(ValueError):
-    """An input image cannot be used (wrong type, shape, range or unreadable file)."""
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (so the file handle is closed) or raise :class:`ImageInputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageInputError(f"cannot read image {path}: {exc}") from exc
+__all__ = ["IMAGE_SUFFIXES", "PREPROCESS_MODES", "ImageInputError", "to_float_batch", "prepare_pair"]
 
 
 def to_float_batch(image: ImageLike, channel_order: ChannelOrder = "RGB") -> Tensor:
@@ -53,15 +38,16 @@ def to_float_batch(image: ImageLike, channel_order: ChannelOrder = "RGB") -> Ten
 
     Tensors: float in [0, 1] or uint8, CHW or NCHW, always RGB. Arrays: uint8,
     uint16 or float in [0, 1], HWC, HW or NHWC (``channel_order`` says whether
-    they are BGR, as OpenCV/BasicSR images are). PIL images and paths are read as RGB. One
+    they are BGR, as OpenCV/BasicSR images are). PIL images and paths are read as RGB
+    by :func:`drqa_plugin.images.read_image` (EXIF orientation applied, 16-bit kept). One
     channel is expanded to three, an alpha channel is dropped.
     """
     if channel_order not in ("RGB", "BGR"):
         raise ImageInputError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
+        return _from_array(read_image(image, alpha="drop"), "RGB")
     if isinstance(image, Image.Image):
-        return _from_pil(image)
+        return _from_array(image_to_array(image, alpha="drop"), "RGB")
     if isinstance(image, np.ndarray):
         return _from_array(image, channel_order)
     if isinstance(image, Tensor):
@@ -72,15 +58,6 @@ def to_float_batch(image: ImageLike, channel_order: ChannelOrder = "RGB") -> Ten
         f"unsupported image type {type(image).__name__}; use a float tensor in [0,1], "
         "a uint8 array, a PIL image or a file path"
     )
-
-
-def _from_pil(img: Image.Image) -> Tensor:
-    if img.mode.startswith("I;16"):
-        return _from_array(np.asarray(img), "RGB")
-    if img.mode not in ("RGB", "L", "RGBA", "LA"):
-        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-    arr = np.asarray(img)
-    return _from_array(arr, "RGB")
 
 
 def _from_array(arr: np.ndarray, channel_order: ChannelOrder) -> Tensor:
@@ -207,7 +184,7 @@ def prepare_pair(
     only to bring a differently sized reference to the restored size first.
     """
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
+        raise ImageInputError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
     if restored.shape[0] != degraded.shape[0]:
         raise ImageInputError(f"{restored.shape[0]} restored vs {degraded.shape[0]} degraded images")
     degraded = match_reference_size(degraded, tuple(restored.shape[-2:]), reference_interpolation)

@@ -17,18 +17,25 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from drqa_plugin.constants import (
+    DEFAULT_ARCH,
+    INTERPOLATIONS,
+    PREPROCESS_MODES,
+    resolve_device,
+    resolve_dtype,
+)
+from drqa_plugin.errors import ConfigError, ImageInputError
 from drqa_plugin.models.ckdn import frozen_inference_copy
 from drqa_plugin.preprocess import (
-    PREPROCESS_MODES,
     ChannelOrder,
-    ImageInputError,
     ImageLike,
     PreprocessMode,
     prepare_pair,
     tile_pairs,
     to_float_batch,
 )
-from drqa_plugin.registry import PretrainedConfig, get_variant
+from drqa_plugin.pretrained import PretrainedConfig
+from drqa_plugin.registry import get_variant
 from drqa_plugin.weights import load_model
 
 # Pairs per forward pass. Small chunks keep a 2-core CPU's activations in cache
@@ -47,12 +54,18 @@ class DRIQA:
             ``"none"`` (whole image) or ``"tiles"`` (mean over ``tile_size`` tiles covering
             the whole image, no resampling).
         device, dtype: where and in which precision the network runs; chosen by the
-            caller, default CPU fp32. ``dtype=torch.bfloat16`` runs the trunk in bf16.
+            caller, default CPU fp32. ``dtype`` is a torch dtype or a name (``"bf16"``,
+            ``"bfloat16"``, ``"fp16"``, ``"fp32"``); bf16/fp16 run the trunk in that dtype.
         chunk_size: pairs per forward pass (memory stays bounded for any input count);
             default 2 on CPU, 32 on CUDA.
         reference_interpolation: how a reference of another size (an SR input) is brought
             to the restored size before the protocol runs.
-        channel_order: channel order of uint8/float *arrays* (``"BGR"`` for OpenCV images).
+        channel_order: channel order of uint8/float *arrays* (``"BGR"`` for OpenCV images);
+            a constructor argument, fixed for the scorer's lifetime.
+
+    Raises:
+        ConfigError: an unknown preprocess mode, precision, interpolation or device.
+        WeightsError: ``model`` names a missing or unusable weights file.
     """
 
     higher_is_better = True
@@ -63,26 +76,30 @@ class DRIQA:
         *,
         preprocess: PreprocessMode = "ckdn",
         device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         chunk_size: int | None = None,
         tile_size: int | None = None,
         reference_interpolation: str = "bicubic",
         channel_order: ChannelOrder = "RGB",
     ) -> None:
         if preprocess not in PREPROCESS_MODES:
-            raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
+            raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
+        if reference_interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"reference_interpolation must be one of {INTERPOLATIONS}, got {reference_interpolation!r}"
+            )
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model)
-        self.device = torch.device(device)
-        self.dtype = dtype or torch.float32
         self.preprocess = preprocess
         self.pretrained_cfg: PretrainedConfig = getattr(model, "pretrained_cfg", None) or get_variant(
-            "ckdn_r50"
+            DEFAULT_ARCH
         ).pretrained
         self.tile_size = tile_size or self.pretrained_cfg.preprocess.crop
         self.chunk_size = chunk_size or DEFAULT_CHUNK.get(self.device.type, 8)
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
         self.reference_interpolation = reference_interpolation
         self.channel_order = channel_order
         self.model = frozen_inference_copy(model, dtype=self.dtype, device=self.device, differentiable=False)
@@ -199,26 +216,46 @@ def score_file_pairs(
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Score (restored, degraded) files, ``batch_size`` pairs loaded at a time.
 
-    Returns the scores (NaN where a pair could not be read) and, for each such pair's
-    index, the reason; one unreadable file never stops the others.
+    Returns the scores (NaN where a pair failed) and, for each failed pair's index, the
+    reason naming both files. A pair that cannot be read or scored (unreadable file,
+    other aspect ratio, too small for the protocol) never stops the others.
     """
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     scores = np.full(len(pairs), np.nan)
     errors: dict[int, str] = {}
     with tqdm(total=len(pairs), desc="scoring", unit="pair", disable=not progress) as bar:
         for start in range(0, len(pairs), batch_size):
-            restored, degraded, kept = [], [], []
+            loaded: dict[int, tuple[Tensor, Tensor]] = {}
             for index in range(start, min(start + batch_size, len(pairs))):
                 try:
                     r, d = (to_float_batch(path)[0] for path in pairs[index])
                 except ImageInputError as exc:
-                    errors[index] = str(exc)
+                    errors[index] = _pair_error(pairs[index], exc)
                     continue
-                restored.append(r)
-                degraded.append(d)
-                kept.append(index)
-            if kept:
-                scores[kept] = scorer(restored, degraded).detach().float().cpu().numpy()
+                loaded[index] = (r, d)
+            _score_loaded(scorer, pairs, loaded, scores, errors)
             bar.update(min(batch_size, len(pairs) - start))
     return scores, errors
+
+
+def _score_loaded(scorer: Callable, pairs: Sequence, loaded: dict[int, tuple[Tensor, Tensor]],
+                  scores: np.ndarray, errors: dict[int, str]) -> None:
+    """Score a loaded batch at once; if a pair is refused, score each alone to find which."""
+    if not loaded:
+        return
+    try:
+        values = scorer([r for r, _ in loaded.values()], [d for _, d in loaded.values()])
+    except ImageInputError as exc:
+        if len(loaded) == 1:
+            index = next(iter(loaded))
+            errors[index] = _pair_error(pairs[index], exc)
+            return
+        for index, pair in loaded.items():
+            _score_loaded(scorer, pairs, {index: pair}, scores, errors)
+        return
+    scores[list(loaded)] = values.detach().float().cpu().numpy()
+
+
+def _pair_error(pair: tuple, exc: Exception) -> str:
+    return f"{pair[0]} vs {pair[1]}: {exc}"

@@ -6,7 +6,7 @@ Metadata (all strings, as safetensors requires):
 ``format``          ``"drqa-plugin"``
 ``format_version``  ``"1"``
 ``arch``            registered variant name, e.g. ``"ckdn_r50"``
-``preprocess``      JSON of :class:`~drqa_plugin.registry.PreprocessConfig`
+``preprocess``      JSON of :class:`~drqa_plugin.pretrained.PreprocessConfig`
 ``score_range``     JSON list ``[low, high]``
 ``higher_is_better``  ``"true"`` / ``"false"``
 ``license``         licence of the weights
@@ -28,15 +28,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from drqa_plugin.registry import PreprocessConfig, PretrainedConfig, create_model, get_variant
+from drqa_plugin.constants import DEFAULT_ARCH
+from drqa_plugin.errors import WeightsError, WeightsNotFoundError
+from drqa_plugin.pretrained import PreprocessConfig, PretrainedConfig
+from drqa_plugin.registry import create_model, get_variant
 
 FORMAT_NAME = "drqa-plugin"
 FORMAT_VERSION = "1"
 PathLike = str | os.PathLike
+# Weights are meant to be shared: rw-r--r-- (less the umask), not mkstemp's private 0600.
+FILE_MODE = 0o644
+TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
 
-
-class WeightsError(ValueError):
-    """A weights file is missing, corrupt, or does not fit the architecture."""
+__all__ = ["WeightsError", "load_model", "read_metadata", "save_model", "save_weights"]
 
 
 def pretrained_metadata(arch: str, cfg: PretrainedConfig) -> dict[str, str]:
@@ -56,14 +60,14 @@ def save_weights(
     state_dict: Mapping[str, Tensor],
     path: PathLike,
     *,
-    arch: str = "ckdn_r50",
+    arch: str = DEFAULT_ARCH,
     pretrained: PretrainedConfig | None = None,
     **overrides: str,
 ) -> Path:
     """Write a state dict atomically (temp file + rename) as our safetensors format.
 
     ``overrides`` replace fields of the variant's :class:`PretrainedConfig`
-    (``license=...``, ``provenance=...``).
+    (``license=...``, ``provenance=...``). The file gets mode 0644 less the umask.
     """
     cfg = pretrained or get_variant(arch).pretrained
     if overrides:
@@ -75,6 +79,7 @@ def save_weights(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=pretrained_metadata(arch, cfg))
+        os.chmod(tmp, FILE_MODE & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,7 +89,7 @@ def save_weights(
 
 def save_model(model: nn.Module, path: PathLike, **overrides: str) -> Path:
     """Save a model built by :func:`create_model`/:func:`load_model`, keeping its pretrained config."""
-    arch = getattr(model, "arch_name", "ckdn_r50")
+    arch = getattr(model, "arch_name", DEFAULT_ARCH)
     cfg = getattr(model, "pretrained_cfg", None) or get_variant(arch).pretrained
     return save_weights(model.state_dict(), path, arch=arch, pretrained=cfg, **overrides)
 
@@ -92,6 +97,9 @@ def save_model(model: nn.Module, path: PathLike, **overrides: str) -> Path:
 def read_metadata(path: PathLike) -> dict[str, str]:
     """The metadata of a weights file, with clear errors for missing or corrupt files."""
     path = _existing(path)
+    if path.suffix in TORCH_CHECKPOINT_SUFFIXES:
+        raise WeightsError(f"{path} is a PyTorch checkpoint, not a drqa-plugin weights file: "
+                           f"run `drqa convert {path} OUT.safetensors` and use OUT.safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -177,5 +185,11 @@ def load_model(
 def _existing(path: PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise WeightsNotFoundError(f"weights file not found: {path}")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(models.DRIQARealESRGANModel is None, reason="Real-ESRGAN is not installed"),
 ]
 
-TEMPLATE = Path(adapter.__file__).parent / "options" / "train_realesrgan_driqa.yml"
+TEMPLATE = Path(__file__).resolve().parents[1] / "integrations" / "basicsr" / "options" / "train_realesrgan_driqa.yml"
 
 
 def tiny_realesrgan_options(root: Path, weights: Path) -> dict:

@@ -14,8 +14,9 @@ import yaml
 from conftest import downscale, photo
 
 import drqa_plugin.integrations.basicsr as adapter
+from drqa_plugin.errors import OptionError
+from drqa_plugin.integrations import common
 from drqa_plugin.integrations.basicsr import _compat, launcher, metrics, models, validate
-from drqa_plugin.integrations.basicsr.options_check import OptionError
 from drqa_plugin.scorer import DRIQA
 from drqa_plugin.weights import WeightsError, save_weights
 
@@ -24,7 +25,8 @@ from basicsr.models.sr_model import SRModel  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.registry import LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY  # noqa: E402
 
-OPTIONS_DIR = Path(adapter.__file__).parent / "options"
+OPTIONS_DIR = Path(__file__).resolve().parents[1] / "integrations" / "basicsr" / "options"
+adapter.register()  # explicit, as the launchers do (importing the adapter registers nothing)
 
 
 def bgr(img: np.ndarray) -> np.ndarray:
@@ -39,20 +41,18 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 def test_registered_and_idempotent() -> None:
     assert "DRIQALoss" in LOSS_REGISTRY and "calculate_driqa" in METRIC_REGISTRY
     assert {"DRIQASRModel", "DRIQASRGANModel"} <= set(MODEL_REGISTRY.keys())
-    assert adapter.register_all() == models.register_models()
+    assert adapter.register() == models.register_models()
 
 
-def test_second_import_under_another_path(tmp_path: Path) -> None:
-    """A fresh interpreter: shim + registration, then the same files imported again as
-    ``integrations.basicsr`` (repository root on sys.path) register without clashing."""
-    root = Path(adapter.__file__).resolve().parents[2]
+def test_import_registers_nothing() -> None:
+    """A fresh interpreter: importing the adapter leaves BasicSR's registries alone; register() fills them."""
     code = (
-        "import sys, drqa_plugin.integrations.basicsr as a; sys.path.insert(0, sys.argv[1]);"
-        "import integrations.basicsr as b; assert a is not b;"
-        "print(sorted(a.register_all()) == sorted(b.register_all()))"
+        "import drqa_plugin.integrations.basicsr as a; from drqa_plugin.integrations.basicsr import _compat;"
+        "_compat.import_basicsr(); from basicsr.utils.registry import LOSS_REGISTRY as L;"
+        "before = 'DRIQALoss' in L; a.register(); print(before, 'DRIQALoss' in L)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False True", out.stderr[-3000:]
 
 
 def test_foreign_object_under_our_name_is_an_error() -> None:
@@ -108,11 +108,11 @@ def test_metric_equals_scorer(weights_file: Path, val_pair) -> None:
 
 def test_metric_builds_network_once(weights_file: Path, val_pair) -> None:
     img, lq = val_pair
-    metrics._SCORERS.clear()
+    common.clear_scorer_cache()
     for _ in range(3):
         metrics.calculate_driqa(img, lq=lq, weights=str(weights_file), device="cpu")
     metrics.calculate_driqa(img, lq=lq, weights=str(weights_file), device="cpu", preprocess="none")
-    assert len(metrics._SCORERS) == 2
+    assert common.scorer_cache_size() == 2
 
 
 def test_metric_errors(weights_file: Path, val_pair) -> None:
@@ -131,7 +131,7 @@ def test_metric_errors(weights_file: Path, val_pair) -> None:
 def test_build_loss_through_basicsr(weights_file: Path) -> None:
     loss = build_loss({"type": "DRIQALoss", "weights": str(weights_file), "loss_weight": 0.05})
     assert isinstance(loss, adapter.DRIQALoss) and loss.loss_weight == 0.05
-    with pytest.raises(OptionError, match="'loss_wieght' \\(did you mean 'loss_weight'\\?\\) in train.driqa_opt"):
+    with pytest.raises(OptionError, match="'loss_wieght' \\(did you mean 'loss_weight'\\?\\) in DRIQALoss options \\(train.driqa_opt"):
         build_loss({"type": "DRIQALoss", "weights": str(weights_file), "loss_wieght": 0.05})
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         build_loss({"type": "DRIQALoss", "weights": "nowhere.safetensors"})

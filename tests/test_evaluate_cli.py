@@ -13,8 +13,8 @@ from PIL import Image
 from drqa_plugin import create_model, save_model
 from drqa_plugin.cli import main
 from drqa_plugin.data import DataError
-from drqa_plugin.evaluate import evaluate_pairs, read_labelled_list
-from drqa_plugin.metrics import evaluate
+from drqa_plugin.evaluation import evaluate_pairs, read_labelled_list
+from drqa_plugin.metrics import correlate
 from drqa_plugin.scorer import DRIQA
 
 SIZE = 64
@@ -73,7 +73,7 @@ def test_eval_pipal_list_end_to_end(weights, pipal_dir, tmp_path, capsys):
     direct = scorer([r["restored"] for r in rows], [r["degraded"] for r in rows]).numpy()
     preds = np.array([float(r["pred"]) for r in rows])
     np.testing.assert_allclose(preds, direct, rtol=1e-6)
-    expected = evaluate(direct, [float(r["mos"]) for r in rows], [r["group"] for r in rows])
+    expected = correlate(direct, [float(r["mos"]) for r in rows], [r["group"] for r in rows])
     assert f"{expected.srcc:7.4f}" in out and f"{expected.grouped_plcc:7.4f}" in out
     # evaluate_pairs (what the trainer can reuse) agrees with the CLI.
     pairs = read_labelled_list(list_file, root)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from drqa_plugin.metrics import EvalResult, evaluate, krcc, plcc, rankdata, srcc
+from drqa_plugin.metrics import Correlations, correlate, krcc, plcc, rankdata, srcc
 
 
 def _made_up(n: int, seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +53,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="finite"):
         plcc([1, float("nan"), 3], [1, 2, 3])
     with pytest.raises(ValueError, match="empty"):
-        evaluate([], [])
+        correlate([], [])
     with pytest.raises(ValueError, match="groups"):
-        evaluate([1, 2, 3], [1, 2, 3], groups=["a", "b"])
+        correlate([1, 2, 3], [1, 2, 3], groups=["a", "b"])
 
 
 def test_grouped_any_sizes_and_skips():
@@ -73,8 +73,8 @@ def test_grouped_any_sizes_and_skips():
     preds = np.asarray(preds)[order]
     targets = np.asarray(targets)[order]
 
-    result = evaluate(preds, targets, groups, min_group_size=3)
-    assert isinstance(result, EvalResult)
+    result = correlate(preds, targets, groups, min_group_size=3)
+    assert isinstance(result, Correlations)
     assert result.n == len(groups)
     assert result.n_groups == 3 and result.n_groups_skipped == 2  # "tiny" too small, "flat" constant targets
     expected = {"srcc": [], "plcc": [], "krcc": []}
@@ -89,16 +89,16 @@ def test_grouped_any_sizes_and_skips():
     assert result.srcc == pytest.approx(stats.spearmanr(preds, targets).statistic, abs=1e-12)
 
     # With min_group_size=2 the two-item group counts too.
-    assert evaluate(preds, targets, groups, min_group_size=2).n_groups == 4
+    assert correlate(preds, targets, groups, min_group_size=2).n_groups == 4
 
 
 def test_no_groups_and_formatting():
     p, t = _made_up(30, 3, False)
-    result = evaluate(p, t)
+    result = correlate(p, t)
     assert result.n_groups == 0 and math.isnan(result.grouped_srcc)
     assert result.selection_score == pytest.approx(result.srcc + result.plcc)
     text = result.format()
     assert "SRCC" in text and f"{result.srcc:.4f}" in text and "n=30" in text
     assert set(result.as_dict()) >= {"srcc", "plcc", "krcc", "grouped_srcc", "n_groups_skipped"}
     # An undefined global score must never win model selection.
-    assert evaluate([1.0, 2.0], [3.0, 3.0]).selection_score == float("-inf")
+    assert correlate([1.0, 2.0], [3.0, 3.0]).selection_score == float("-inf")

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from drqa_plugin.train.checkpoint import TrainerState, list_checkpoints, resolve_resume
-from drqa_plugin.train.config import ConfigError, LossConfig, ScheduleConfig, TrainConfig, load_config, parse_override
+from drqa_plugin.config import parse_override
+from drqa_plugin.train.config import ConfigError, LossConfig, ScheduleConfig, TrainConfig, load_config
 from drqa_plugin.train.logs import MetricsLog, read_metrics
 from drqa_plugin.train.losses import distillation_loss, ranking_target, stage_at
 from drqa_plugin.models.ckdn import TrainOutputs
@@ -183,7 +184,7 @@ def test_stage_boundary_in_epochs_or_steps() -> None:
 
 def test_param_groups_split_decay_and_branches() -> None:
     from drqa_plugin import create_model
-    from drqa_plugin.train.trainer import STAGE_BRANCHES, make_optimizer, set_lr
+    from drqa_plugin.train.optim import STAGE_BRANCHES, make_optimizer, set_lr
 
     cfg = load_config(RECIPES / "configs" / "ckdn_pipal.yaml", ["data.root=/d", "data.list_file=l.txt"])
     model = create_model("ckdn_r50")
@@ -203,7 +204,7 @@ def test_param_groups_split_decay_and_branches() -> None:
 def test_zero_lr_groups_stay_put_even_with_zero_gradients() -> None:
     """What DeepSpeed ZeRO does to unused parameters (zero grads) must not move them."""
     from drqa_plugin import create_model
-    from drqa_plugin.train.trainer import clear_momentum, make_optimizer, set_lr
+    from drqa_plugin.train.optim import clear_momentum, make_optimizer, set_lr
 
     cfg = load_config(RECIPES / "configs" / "test_tiny.yaml")
     model = create_model("ckdn_r50")
@@ -258,7 +259,7 @@ def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path: Path) -> None:
 
 
 def test_cosine_and_warmup_schedule() -> None:
-    from drqa_plugin.train.trainer import base_lr
+    from drqa_plugin.train.optim import base_lr
 
     cfg = load_config(None, ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=1.0"])
     lrs = [base_lr(cfg, s, 12) for s in range(12)]

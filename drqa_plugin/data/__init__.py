@@ -26,8 +26,20 @@ from drqa_plugin.data.config import (
     PIPALLayout,
     RestorationConfig,
 )
-from drqa_plugin.data.labellers import available_labellers, get_labeller, ms_ssim, register_labeller, ssim
-from drqa_plugin.data.photos import BUNDLED_PHOTOS, DataError, Photo, list_photos, read_rgb
+from drqa_plugin.data.labellers import (
+    available_labellers,
+    get_labeller,
+    ms_ssim,
+    register_labeller,
+    ssim,
+)
+from drqa_plugin.data.photos import (
+    BUNDLED_PHOTOS,
+    DataError,
+    Photo,
+    list_photos,
+    read_rgb,
+)
 from drqa_plugin.data.pipal import PIPALPairs, read_pipal_list
 
 # The synthetic pipeline needs OpenCV; import it on first use so that PIPAL data,

@@ -1,19 +1,24 @@
 """Dataclass configs of the training data (one per concern).
 
-Every field can be set from YAML or a dotted ``data.x.y=value`` override; lists
-from YAML are coerced to tuples here so configs stay hashable and comparable.
+Every field can be set from YAML or a dotted ``data.x.y=value`` override, through
+the package's one config mechanism (:func:`drqa_plugin.config.from_dict`); the
+checks below run however a config is built, so a bad value fails at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from drqa_plugin.config import from_dict
+from drqa_plugin.constants import INTERPOLATIONS
+from drqa_plugin.errors import ConfigError
+
 KINDS = ("synthetic", "pipal")
-SPLITS = ("train", "val")
 LABELLERS = ("ssim", "ms_ssim", "stlpips_alex", "stlpips_vgg")
-DOWN_INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
-UP_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+# The synthetic pipeline resamples with OpenCV, which also has Lanczos (used to upscale only).
+DOWN_INTERPOLATIONS = INTERPOLATIONS
+UP_INTERPOLATIONS = tuple(i for i in INTERPOLATIONS if i != "area") + ("lanczos",)
 RESTORATION_OPS = ("interp", "unsharp", "denoise", "ringing", "gan_texture", "detail")
 
 
@@ -21,15 +26,15 @@ def _range(name: str, value: Any, low: float, high: float) -> tuple[float, float
     try:
         a, b = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair [min, max], got {value!r}") from None
+        raise ConfigError(f"{name} must be a pair [min, max], got {value!r}") from None
     if not (low <= a <= b <= high):
-        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+        raise ConfigError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
     return (a, b)
 
 
 def _prob(name: str, value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -37,7 +42,7 @@ def _choices(name: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]
     items = (value,) if isinstance(value, str) else tuple(value)
     bad = [v for v in items if v not in allowed]
     if not items or bad:
-        raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty subset of {allowed}, got {value!r}")
     return items
 
 
@@ -66,7 +71,7 @@ class DegradationConfig:
             "degradation.down_interpolations", self.down_interpolations, DOWN_INTERPOLATIONS
         )
         if self.up_interpolation not in UP_INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"degradation.up_interpolation must be one of {UP_INTERPOLATIONS}, got {self.up_interpolation!r}"
             )
         self.blur_prob = _prob("degradation.blur_prob", self.blur_prob)
@@ -94,7 +99,7 @@ class RestorationConfig:
     def __post_init__(self) -> None:
         self.ops = _choices("restoration.ops", self.ops, RESTORATION_OPS)
         if not 1 <= int(self.max_ops) <= len(self.ops):
-            raise ValueError(f"restoration.max_ops must be in [1, {len(self.ops)}], got {self.max_ops!r}")
+            raise ConfigError(f"restoration.max_ops must be in [1, {len(self.ops)}], got {self.max_ops!r}")
         self.max_ops = int(self.max_ops)
 
 
@@ -140,35 +145,27 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"data.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"data.kind must be one of {KINDS}, got {self.kind!r}")
         if not isinstance(self.labeller, str) or not self.labeller:
-            raise ValueError(f"data.labeller must be a labeller name such as {LABELLERS}, got {self.labeller!r}")
+            raise ConfigError(f"data.labeller must be a labeller name such as {LABELLERS}, got {self.labeller!r}")
         if int(self.crop) < 16:
-            raise ValueError(f"data.crop must be >= 16, got {self.crop!r}")
+            raise ConfigError(f"data.crop must be >= 16, got {self.crop!r}")
         self.crop = int(self.crop)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"data.seed must be a non-negative integer, got {self.seed!r}")
+            raise ConfigError(f"data.seed must be a non-negative integer, got {self.seed!r}")
         if int(self.num_samples) < 1 or int(self.val_samples) < 1:
-            raise ValueError("data.num_samples and data.val_samples must be >= 1")
+            raise ConfigError("data.num_samples and data.val_samples must be >= 1")
         if not 0.0 < float(self.val_fraction) < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         self.val_photos = (self.val_photos,) if isinstance(self.val_photos, str) else tuple(self.val_photos)
         for name, cls in (("degradation", DegradationConfig), ("restoration", RestorationConfig),
                           ("pipal", PIPALLayout)):
             value = getattr(self, name)
             if isinstance(value, Mapping):
-                setattr(self, name, _from_mapping(cls, value, f"data.{name}"))
+                setattr(self, name, from_dict(cls, value, f"data.{name}."))
         if self.kind == "pipal" and (self.root is None or self.list_file is None):
-            raise ValueError("data.kind='pipal' needs data.root and data.list_file")
+            raise ConfigError("data.kind='pipal' needs data.root and data.list_file")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "DataConfig":
-        return _from_mapping(cls, raw, "data")
-
-
-def _from_mapping(cls: type, raw: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
-    return cls(**dict(raw))
+        return from_dict(cls, raw, "data.")

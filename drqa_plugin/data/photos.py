@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from drqa_plugin.preprocess import IMAGE_SUFFIXES
+from drqa_plugin.constants import IMAGE_SUFFIXES
+from drqa_plugin.errors import DataError, ImageInputError
+from drqa_plugin.images import read_image, to_uint8
 
 # Natural photos among scikit-image's bundled data files (no synthetic patterns,
 # documents, binary masks or already-blurred images); all are >= 300 px.
@@ -34,10 +36,6 @@ BUNDLED_PHOTOS = (
     "retina.jpg",
     "rocket.jpg",
 )
-
-
-class DataError(ValueError):
-    """A data folder, list file or image is missing, empty or malformed."""
 
 
 @dataclass(frozen=True)
@@ -95,32 +93,16 @@ def list_photos(root: str | os.PathLike | None = None) -> list[Photo]:
     return photos
 
 
-def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    if im.mode.startswith("I") or im.mode == "F":
-        # 16-bit/32-bit greyscale: PIL's convert("RGB") would clip at 255, so scale instead.
-        grey = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or grey.max() > 255 else 255.0
-        if im.mode == "F" and grey.max() <= 1.0:
-            top = 1.0
-        grey = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Composite transparent pixels on white rather than on whatever colour they store.
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB HWC (grey, 16-bit and alpha images converted)."""
+    """Decode a training photo to uint8 RGB HWC (transparent pixels composited onto white).
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            return _pil_to_rgb(im)
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {str(path)!r}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
+        return to_uint8(read_image(path, alpha="white"))
+    except ImageInputError as exc:
+        raise DataError(str(exc)) from None
 
 
 @lru_cache(maxsize=64)

@@ -1,8 +1,8 @@
 """CKDN: conditional knowledge distillation for degraded-reference IQA.
 
-Zheng et al., ICCV 2021. Written from the paper and the facts in
-``shared/docs/ckdn-spec.md``; the state-dict names are our own and
-:mod:`drqa_plugin.convert` maps the published layouts onto them.
+Zheng et al., ICCV 2021 (arXiv 2108.07948). Written from the paper and the
+facts of its MIT-licensed official code (researchmm/CKDN); the state-dict names
+are our own and :mod:`drqa_plugin.convert` maps the published layouts onto them.
 
 Layout (all blocks are ResNet-50 pieces):
 
@@ -21,7 +21,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from drqa_plugin.models.blocks import fold_batchnorm, fuse_bottlenecks_for_cpu, resnet_stage
+from drqa_plugin.constants import DEFAULT_ARCH
+from drqa_plugin.models.blocks import (
+    fold_batchnorm,
+    fuse_bottlenecks_for_cpu,
+    resnet_stage,
+)
+from drqa_plugin.pretrained import PretrainedConfig
+from drqa_plugin.registry import ModelVariant, register_variant
 
 # The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
 # FLOPs, and where the score is formed) always stay fp32.
@@ -88,7 +95,7 @@ class CKDN(nn.Module):
     RGB tensors of equal size.
     """
 
-    arch_name = "ckdn_r50"
+    arch_name = DEFAULT_ARCH
 
     def __init__(self, cfg: CKDNConfig | None = None) -> None:
         super().__init__()
@@ -202,3 +209,16 @@ def frozen_inference_copy(
     if not differentiable and next(net.parameters()).device.type == "cpu":
         fuse_bottlenecks_for_cpu(net)
     return net.requires_grad_(False)
+
+
+register_variant(
+    ModelVariant(
+        name=DEFAULT_ARCH,
+        build=lambda: CKDN(CKDNConfig()),
+        pretrained=PretrainedConfig(
+            license="MIT (architecture: researchmm/CKDN); weights: as stated by their source",
+            provenance="randomly initialised",
+        ),
+        description="CKDN (Zheng et al., ICCV 2021): ResNet-50 encoders + layer2 comparator, 288 px",
+    )
+)

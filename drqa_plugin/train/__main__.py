@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from drqa_plugin.train.config import ConfigError, load_config
+from drqa_plugin.errors import DRQAError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,18 +21,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 trained, 2 the config is invalid (nothing started), 1 the run failed with a known error."""
+    from drqa_plugin.train.config import load_config
+
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as exc:
+    except DRQAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from drqa_plugin.data import DataError
-    from drqa_plugin.train.trainer import TrainingError, train  # heavy imports only after the config is valid
+    from drqa_plugin.train.trainer import (
+        train,  # heavy imports only after the config is valid
+    )
 
     try:
         train(cfg)
-    except (TrainingError, DataError, FileNotFoundError) as exc:
+    except DRQAError as exc:
         # Expected failures (bad data, bad resume, misconfigured launch): a message, not a traceback.
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

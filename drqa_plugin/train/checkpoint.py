@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from accelerate import Accelerator
+
+from drqa_plugin.errors import MissingFileError
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d+)$")
@@ -36,14 +37,15 @@ class TrainerState:
     best_step: int | None = None
     num_processes: int = 1
     distributed_type: str = "NO"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: Path) -> "TrainerState":
         path = folder / STATE_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")
-        return cls(**json.loads(path.read_text()))
+            raise MissingFileError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")
+        raw = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})  # older files carried an unused "extra"
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -68,7 +70,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: not a complete checkpoint folder (no {STATE_FILE} inside)")
+        raise MissingFileError(f"resume={resume!r}: not a complete checkpoint folder (no {STATE_FILE} inside)")
     return path
 
 

@@ -1,38 +1,34 @@
 """Training configuration: one dataclass per concern, loaded from YAML.
 
-``load_config(path, overrides)`` reads a YAML file with :func:`yaml.safe_load`
-and applies dotted ``key=value`` overrides (``max_steps=20``,
-``data.root=/data/PIPAL``, ``optim.lr=0.01``). Values of overrides are parsed
-as YAML scalars (``null``, ``true``, ``1e-4``, ``[1, 2]``). Unknown keys and
-values of the wrong type are errors that name the key, so a typo in a recipe
-fails loudly instead of being ignored.
+``load_config(path, overrides)`` reads a YAML file and applies dotted
+``key=value`` overrides (``max_steps=20``, ``data.root=/data/PIPAL``,
+``optim.lr=0.01``) through the package's one config mechanism
+(:mod:`drqa_plugin.config`): unknown keys and values of the wrong type are
+errors that name the key, so a typo in a recipe fails loudly.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
-import yaml
-
+from drqa_plugin.config import dump_yaml_config, load_yaml_config, to_dict
+from drqa_plugin.constants import DEFAULT_ARCH
 from drqa_plugin.data import DataConfig
+from drqa_plugin.errors import ConfigError
 
-PRECISIONS = ("no", "bf16", "fp16")
+#: Accelerate's mixed-precision modes (what autocast runs in), not the scorer's compute dtypes.
+MIXED_PRECISION_MODES = ("no", "bf16", "fp16")
 
-
-class ConfigError(ValueError):
-    """A training config file or override is malformed."""
+__all__ = ["ConfigError", "TrainConfig", "dump_config", "load_config", "to_dict"]
 
 
 @dataclass
 class ModelConfig:
     """Which network to train and how to initialise it."""
 
-    arch: str = "ckdn_r50"
+    arch: str = DEFAULT_ARCH
     # ImageNet ResNet-50 weights (torchvision layout, .pth/.safetensors) or one of our
     # .safetensors files; None = random init (the demo: nothing is downloaded).
     init: str | None = None
@@ -95,7 +91,6 @@ class RuntimeConfig:
     sync_batchnorm: bool = False  # GPU only; default as the paper: per-process BN statistics
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = leave as is
     dist_timeout_s: int = 600  # a dead rank makes the others fail after this, not hang forever
-    compile: bool = False
 
 
 @dataclass
@@ -147,8 +142,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.schedule.stage2_start >= 0, "schedule.stage2_start must be >= 0"),
         (cfg.schedule.epochs >= 1, "schedule.epochs must be >= 1"),
         (
-            cfg.runtime.mixed_precision is None or cfg.runtime.mixed_precision in PRECISIONS,
-            f"runtime.mixed_precision must be one of {PRECISIONS} or null, got {cfg.runtime.mixed_precision!r}",
+            cfg.runtime.mixed_precision is None or cfg.runtime.mixed_precision in MIXED_PRECISION_MODES,
+            f"runtime.mixed_precision must be one of {MIXED_PRECISION_MODES} or null, "
+            f"got {cfg.runtime.mixed_precision!r}",
         ),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
     ]
@@ -157,125 +153,27 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(message)
 
 
-# ----------------------------------------------------------------------------- loading
+def packaged_config(name: str) -> Path:
+    """The path of a recipe shipped inside the package (``"demo"`` -> ``drqa_plugin/configs/demo.yaml``)."""
+    return Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+
+
+def packaged_config_names() -> list[str]:
+    return sorted(p.stem for p in packaged_config("x").parent.glob("*.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
-        raw = loaded or {}
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
-    return from_dict(TrainConfig, raw)
+    """Read a YAML recipe (a file, or the name of a packaged one such as ``demo``), apply ``key=value`` overrides.
 
+    Without ``path`` the defaults are used.
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as a YAML scalar/list."""
-    key, sep, text = item.partition("=")
-    key = key.strip().lstrip("-")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. max_steps=20)")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
-    return key, value
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and value types."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys here: {sorted(known)}")
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in raw.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from exc
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    if is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, key + ".")
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if hint is Any:
-        return value
-    if origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        items = [_coerce(args[0], v, key) for v in value] if args else list(value)
-        return tuple(items) if origin is tuple else items
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # PyYAML reads "1e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
-        return value
-    return value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data view of a config (for YAML dumps and logs)."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    Raises:
+        ConfigError: naming the unknown key, the mistyped value or the missing file.
+    """
+    if path is not None and not Path(path).exists() and packaged_config(str(path)).is_file():
+        path = packaged_config(str(path))
+    return load_yaml_config(TrainConfig, path, overrides)
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dump_yaml_config(cfg, path)

@@ -1,24 +1,12 @@
-"""CKDN distillation training with Accelerate (DDP or DeepSpeed ZeRO), CPU or GPU.
+"""CKDN distillation training with Accelerate (DDP or DeepSpeed ZeRO), CPU or GPU: the loop, top to bottom.
 
 Launch with ``accelerate launch ... -m drqa_plugin.train --config RECIPE k=v``
-(see ``recipes/README.md``). Design decisions that matter for correctness:
+(see ``recipes/README.md``). The pieces live beside this module, one concern each:
+:mod:`.optim` (SGD, schedule, the per-stage branch mask that keeps DeepSpeed from
+moving unused branches), :mod:`.distributed` (the Accelerator, DeepSpeed plugin,
+BatchNorm buffer sync), :mod:`.loaders`, :mod:`.validation`, :mod:`.checkpoint`,
+:mod:`.logs`. Correctness decisions that live here:
 
-* **Unused parameters.** Stage 1 runs only the ``nr`` path (restored encoder +
-  ``nr_comparator``/``nr_head``); stage 2 runs ``dr``/``fr``/``gap`` (both
-  encoders + ``comparator``/``head``). DDP is built with
-  ``find_unused_parameters=True``: it then leaves the gradients of parameters no
-  rank used as ``None``, so SGD skips them -- exactly the official behaviour
-  ("parameters that get no gradient in a stage do not move"). DeepSpeed ZeRO
-  instead fills unused gradients with zeros, which SGD would turn into weight
-  decay and stale momentum (silent drift). So, on every backend, the parameter
-  groups of branches a stage does not train get ``lr = 0`` and their momentum
-  is cleared when they start training (identical to a fresh buffer, which is
-  what the official run has at that point).
-* **BatchNorm.** Plain per-process BatchNorm by default, as the paper's 8-GPU
-  run (no SyncBN). Running statistics follow rank 0 (DDP broadcasts rank 0's
-  buffers each forward; DeepSpeed does not, so the trainer broadcasts them
-  explicitly before evaluation, checkpoints and export). ``runtime.sync_batchnorm``
-  converts to SyncBatchNorm on GPU runs.
 * **Data order and resume.** Seedable samplers (``data_seed``) give every rank the
   same permutation per epoch; the dataset's own epoch is set too; the epoch and
   the batch position inside it are stored in the checkpoint and
@@ -26,33 +14,30 @@ Launch with ``accelerate launch ... -m drqa_plugin.train --config RECIPE k=v``
   uninterrupted one. Dropout uses per-rank seeds (``seed + rank``, as the paper).
 * **Inputs** come from the dataset as float RGB in [0, 1]; the trainer normalises
   them with the model's ImageNet mean/std (the same config the exported file carries).
+* **Non-finite losses** stop the run with the step, stage, term and sample names,
+  never train on NaN silently.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
-from accelerate.utils import DeepSpeedPlugin, DistributedType, gather_object, set_seed
-from torch import Tensor, nn
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, gather_object, set_seed
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from drqa_plugin.data import build_dataset
-from drqa_plugin.metrics import evaluate as iqa_metrics
-from drqa_plugin.preprocess import normalize
-from drqa_plugin.registry import PreprocessConfig, create_model
+from drqa_plugin.errors import TrainingError
+from drqa_plugin.registry import create_model
 from drqa_plugin.train.checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -61,284 +46,59 @@ from drqa_plugin.train.checkpoint import (
     save_checkpoint,
 )
 from drqa_plugin.train.config import TrainConfig, dump_config, to_dict
+from drqa_plugin.train.distributed import (
+    check_launch,
+    deepspeed_autocast,
+    make_accelerator,
+    rng_neutral,
+    state_fingerprint,
+    sync_buffers,
+)
+from drqa_plugin.train.loaders import Normalizer, build_loaders
 from drqa_plugin.train.logs import MetricsLog, write_plots
-from drqa_plugin.train.losses import LOSS_TERMS, STAGE_PATHS, distillation_loss, stage_at
+from drqa_plugin.train.losses import (
+    LOSS_TERMS,
+    STAGE_PATHS,
+    distillation_loss,
+    stage_at,
+)
+from drqa_plugin.train.optim import (
+    STAGE_BRANCHES,
+    base_lr,
+    clear_momentum,
+    make_optimizer,
+    set_lr,
+    torch_optimizer,
+)
+from drqa_plugin.train.validation import ValPredictions, predict_val, write_predictions
 from drqa_plugin.weights import save_weights
 
-
-# Which top-level modules each stage trains; a module in no stage set would never move.
-BRANCHES: dict[str, tuple[str, ...]] = {
-    "shared": ("restored_encoder",),
-    "ranking": ("nr_comparator", "nr_head"),
-    "reference": ("reference_encoder", "comparator", "head"),
-}
-STAGE_BRANCHES: dict[int, frozenset[str]] = {1: frozenset({"shared", "ranking"}), 2: frozenset({"shared", "reference"})}
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or continue (empty data, bad resume, misconfigured launch)."""
-
-
-# ----------------------------------------------------------------------------- setup
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An Accelerator for DDP/DeepSpeed on CPU (gloo) or GPU, configured from the trainer config."""
-    # Stage-dependent paths leave branches unused; see the module docstring.
-    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a process-group handler alone makes a 1-process run fail
-        handlers.append(
-            InitProcessGroupKwargs(
-                backend=None if torch.cuda.is_available() else "gloo",  # DeepSpeed on CPU needs gloo named
-                timeout=timedelta(seconds=cfg.runtime.dist_timeout_s),
-            )
-        )
-    loader_cfg = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed)
-    precision = cfg.runtime.mixed_precision
-    plugin = None
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not deepspeed:
-        # Without this a multi-process launch on a GPU-less machine runs N unsynchronised copies.
-        os.environ["ACCELERATE_USE_CPU"] = "1"
-    if deepspeed:
-        plugin = _deepspeed_plugin(cfg)
-        precision = "no"  # DeepSpeed's own torch_autocast handles bf16 (see _deepspeed_plugin)
-    return Accelerator(
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.runtime.grad_accum,
-        dataloader_config=loader_cfg,
-        kwargs_handlers=handlers,
-        deepspeed_plugin=plugin,
-        project_dir=cfg.output_dir,
-    )
-
-
-def _deepspeed_plugin(cfg: TrainConfig) -> DeepSpeedPlugin:
-    """The launcher's DeepSpeed config with the trainer's values put into its "auto" fields.
-
-    DeepSpeed's native bf16 casts parameters but keeps BatchNorm buffers fp32, which
-    fails for this CNN; its ``torch_autocast`` keeps fp32 master weights and runs
-    convolutions in bf16 instead. ``runtime.mixed_precision`` (when set) overrides the
-    recipe: ``no`` turns autocast off, ``bf16`` turns it on.
-    """
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and path != "none" and not Path(path).is_file():
-        raise TrainingError(
-            f"DeepSpeed config file {path!r} not found (relative paths are resolved against the "
-            f"working directory {os.getcwd()}; launch from the repository root)"
-        )
-    clip = cfg.optim.clip_grad_norm
-    plugin = DeepSpeedPlugin(
-        gradient_accumulation_steps=cfg.runtime.grad_accum,
-        gradient_clipping=float(clip) if clip else 0.0,  # fills "auto"; 0 = off in DeepSpeed
-    )
-    ds = plugin.deepspeed_config
-    precision = cfg.runtime.mixed_precision
-    if precision == "fp16":
-        raise TrainingError("fp16 with DeepSpeed is not supported for this BatchNorm model; use bf16 (torch_autocast)")
-    if str(ds.get("bf16", {}).get("enabled", False)).lower() == "true" or str(
-        ds.get("fp16", {}).get("enabled", False)
-    ).lower() == "true":
-        raise TrainingError(
-            "the DeepSpeed config enables native bf16/fp16, which breaks BatchNorm (fp32 buffers); "
-            'use "torch_autocast": {"enabled": true, "dtype": "bfloat16"} as recipes/deepspeed/*.json do'
-        )
-    if precision is not None:
-        ds["torch_autocast"] = {"enabled": precision == "bf16", "dtype": "bfloat16"}
-    return plugin
+__all__ = ["TrainingError", "build_model", "train"]
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """The network of ``cfg.model``, initialised from ``model.init`` when given, in train mode."""
     model = create_model(cfg.model.arch)
     if cfg.model.init:
         _initialise(model, cfg.model.init)
     return model.train()
 
 
-def _initialise(model: nn.Module, path: str) -> None:
-    from drqa_plugin.convert import init_from_imagenet_resnet50
-    from drqa_plugin.weights import load_state_dict
+def _initialise(model: nn.Module, init: str) -> None:
+    """Our ``.safetensors`` weights (all tensors) or an ImageNet ResNet-50 ``.pth`` (encoders + comparators).
 
-    if str(path).endswith(".safetensors"):
-        try:
-            tensors, _ = load_state_dict(path)
-        except Exception:
-            tensors = None
-        if tensors is not None:
-            model.load_state_dict(tensors)
-            return
-    init_from_imagenet_resnet50(model, path)
-
-
-def branch_of(name: str) -> str:
-    top = name.split(".", 1)[0]
-    for branch, modules in BRANCHES.items():
-        if top in modules:
-            return branch
-    raise TrainingError(f"parameter {name!r} belongs to no training branch; update BRANCHES in trainer.py")
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """One group per (branch, decay): weight decay only on tensors with >= 2 dims (convs, linears)."""
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((branch_of(name), p.ndim >= 2), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "branch": branch}
-        for (branch, decay), params in sorted(groups.items())
-    ]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    o = cfg.optim
-    return torch.optim.SGD(
-        param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=0.0
-    )
-
-
-def base_lr(cfg: TrainConfig, step: int, total: int) -> float:
-    """Learning rate of optimiser step ``step`` (0-based) without the stage mask."""
-    o = cfg.optim
-    if o.warmup_steps and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.schedule == "cosine":
-        span = max(1, total - o.warmup_steps)
-        return 0.5 * o.lr * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span)))
-    return o.lr
-
-
-def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The innermost torch optimizer (under Accelerate's and DeepSpeed's wrappers)."""
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer") and seen < 5:
-        optimizer, seen = optimizer.optimizer, seen + 1
-    return optimizer
-
-
-def set_lr(optimizer: Any, lr: float, stage: int) -> None:
-    for group in _torch_optimizer(optimizer).param_groups:
-        group["lr"] = lr if group["branch"] in STAGE_BRANCHES[stage] else 0.0
-
-
-def clear_momentum(optimizer: Any, branches: frozenset[str]) -> None:
-    """Zero momentum of groups that start training: same as a fresh buffer (SGD then seeds it with the grad)."""
-    opt = _torch_optimizer(optimizer)
-    for group in opt.param_groups:
-        if group["branch"] in branches:
-            for p in group["params"]:
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    buf.zero_()
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class FixedSamples(Dataset):
-    """Hides a dataset's ``set_epoch`` so the validation samples stay the same at every evaluation.
-
-    (Accelerate calls ``dataset.set_epoch(iteration)`` on every pass over a prepared
-    loader whose sampler has no ``set_epoch``, which would redraw synthetic val pairs.)
+    Raises:
+        WeightsError: a missing, corrupt or mismatched file; it is never retried as another kind.
     """
+    from drqa_plugin.convert import init_from_imagenet_resnet50
+    from drqa_plugin.weights import check_state_dict, load_state_dict
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[index]
-
-
-def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
-    train_set = build_dataset(cfg.data, split="train")
-    val_set = FixedSamples(build_dataset(cfg.data, split="val"))
-    if len(train_set) == 0:
-        raise TrainingError(f"the training data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
-    if len(val_set) == 0:
-        raise TrainingError(f"the validation data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
-    lc = cfg.loader
-    common = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
-    train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
-    val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
-    return train_set, val_set, train, val
-
-
-class Normalizer:
-    """ImageNet normalisation (+ memory format) of float [0, 1] batches on the training device."""
-
-    def __init__(self, cfg: PreprocessConfig, channels_last: bool) -> None:
-        self.cfg = cfg
-        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return normalize(x, self.cfg).contiguous(memory_format=self.fmt)
-
-
-# ----------------------------------------------------------------------------- distributed helpers
-
-
-def sync_buffers(accelerator: Accelerator, model: nn.Module) -> None:
-    """Make every rank hold rank 0's BatchNorm statistics (DDP does this in forward, DeepSpeed does not)."""
-    if accelerator.num_processes == 1:
+    if str(init).endswith(".safetensors"):
+        tensors, _ = load_state_dict(init)
+        check_state_dict(model, tensors, str(init))
+        model.load_state_dict(tensors)
         return
-    for buf in accelerator.unwrap_model(model).buffers():
-        torch.distributed.broadcast(buf.data, src=0)
-
-
-def state_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of all parameters and buffers: equal on every rank iff the ranks agree bit for bit."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]
-    scores: list[float]
-    targets: list[float]
-    groups: list[int]
-    names: list[str]
-
-
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, norm: Normalizer, desc: str,
-             progress: bool = True) -> EvalResult:
-    """Student (dr) scores of the val split, gathered without duplicates, with global + grouped metrics."""
-    sync_buffers(accelerator, model)
-    model.eval()
-    scores, targets, groups, names = [], [], [], []
-    bar = tqdm(rng_neutral(loader, accelerator.device), total=len(loader), desc=desc, leave=False,
-               disable=not (accelerator.is_main_process and progress))
-    for batch in bar:
-        with accelerator.autocast():
-            s = model(norm(batch["restored"]), norm(batch["degraded"]))
-        s, t, g = accelerator.gather_for_metrics((s.float(), batch["target"].float(), batch["group"]))
-        scores += s.cpu().tolist()
-        targets += t.cpu().tolist()
-        groups += g.cpu().tolist()
-        names += list(accelerator.gather_for_metrics(list(batch["name"]), use_gather_object=True))
-    model.train()
-    m = iqa_metrics(scores, targets, groups)
-    metrics = {k: getattr(m, k) for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n")}
-    return EvalResult(metrics, scores, targets, groups, names)
-
-
-def write_predictions(path: Path, result: EvalResult) -> None:
-    lines = ["name,group,target,score"]
-    lines += [f"{n},{g},{t:.8f},{s:.8f}" for n, g, t, s in zip(result.names, result.groups, result.targets, result.scores)]
-    path.write_text("\n".join(lines) + "\n")
-
-
-# ----------------------------------------------------------------------------- the run
+    init_from_imagenet_resnet50(model, init)
 
 
 @dataclass
@@ -357,6 +117,23 @@ class Run:
     total_steps: int
     log: MetricsLog | None
     out: Path
+
+
+@dataclass
+class LoopProgress:
+    """What the loop carries between batches (the resumable part lives in :class:`TrainerState`)."""
+
+    stage: int  # stage of the last optimiser step (0: none yet)
+    epoch: int  # epoch of the last optimiser step
+    sums: dict[str, float] = field(default_factory=dict)  # loss terms since the last log row
+    count: int = 0
+    last_eval: ValPredictions | None = None
+    evaluated_at: int = -1
+
+    def add(self, terms: Mapping[str, float]) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -387,7 +164,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     optimizer = make_optimizer(model, cfg)
     train_set, val_set, train_loader, val_loader = build_loaders(cfg)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    _check_launch(accelerator, train_loader, cfg)
+    check_launch(accelerator, train_loader, cfg)
     set_seed(cfg.seed, device_specific=True)  # per-rank dropout streams (seed + rank), as the paper
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.runtime.grad_accum)
@@ -426,20 +203,6 @@ def _claim_output_dir(accelerator: Accelerator, cfg: TrainConfig) -> None:
     accelerator.wait_for_everyone()
 
 
-def _check_launch(accelerator: Accelerator, train_loader: DataLoader, cfg: TrainConfig) -> None:
-    if len(train_loader) == 0:
-        raise TrainingError(
-            f"no full training batch per process: {len(train_loader.dataset)} samples, batch_size "
-            f"{cfg.loader.batch_size} x {accelerator.num_processes} processes (drop_last); use more data or a smaller batch"
-        )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != accelerator.num_processes or (world > 1 and accelerator.distributed_type == DistributedType.NO):
-        raise TrainingError(
-            f"launcher started {world} processes but Accelerate runs {accelerator.num_processes} "
-            f"({accelerator.distributed_type}); on CPU launch with ACCELERATE_USE_CPU=1 --multi_gpu (see recipes/README.md)"
-        )
-
-
 def _load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
     state = TrainerState.read(folder)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and state.num_processes != accelerator.num_processes:
@@ -459,8 +222,8 @@ def _print_header(run: Run, steps_per_epoch: int, resume: Path | None) -> None:
         return
     global_batch = cfg.loader.batch_size * a.num_processes * cfg.runtime.grad_accum
     print(
-        f"[drqa train] {a.distributed_type.value} x{a.num_processes} on {a.device} | mixed precision "
-        f"{a.mixed_precision} | global batch {global_batch} | {steps_per_epoch} steps/epoch | {run.total_steps} steps "
+        f"[drqa train] {_launch_kind(a)} on {a.device} | mixed precision "
+        f"{'off' if a.mixed_precision == 'no' else a.mixed_precision} | global batch {global_batch} | {steps_per_epoch} steps/epoch | {run.total_steps} steps "
         f"| stage 2 from {cfg.schedule.unit} {cfg.schedule.stage2_start} | output {run.out}",
         flush=True,
     )
@@ -469,23 +232,12 @@ def _print_header(run: Run, steps_per_epoch: int, resume: Path | None) -> None:
               f"batch {run.state.batch_in_epoch})", flush=True)
 
 
-def rng_neutral(loader: Any, device: torch.device) -> Iterator[Any]:
-    """Iterate ``loader`` without touching the global RNG that dropout uses.
-
-    A DataLoader draws a seed from the global RNG when an iterator starts. A resumed
-    run starts its (skipping) iterator at another point of the RNG stream than the
-    uninterrupted run did, which would shift every later dropout mask; forking the
-    RNG around each fetch makes data loading invisible to the training RNG.
-    """
-    devices = [device] if device.type == "cuda" else []
-    it = iter(loader)
-    while True:
-        with torch.random.fork_rng(devices=devices):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-        yield batch
+def _launch_kind(a: Accelerator) -> str:
+    if a.distributed_type == DistributedType.NO:
+        return "single process"
+    kind = {DistributedType.MULTI_CPU: "DDP (CPU, gloo)", DistributedType.MULTI_GPU: "DDP",
+            DistributedType.DEEPSPEED: "DeepSpeed"}.get(a.distributed_type, str(a.distributed_type.value))
+    return f"{kind} x {a.num_processes} processes"
 
 
 def _epoch_batches(run: Run, epoch: int) -> Iterator[dict[str, Any]]:
@@ -500,54 +252,51 @@ def _epoch_batches(run: Run, epoch: int) -> Iterator[dict[str, Any]]:
     return rng_neutral(loader, run.accelerator.device)
 
 
-def _loop(run: Run) -> EvalResult | None:
-    a, cfg, state = run.accelerator, run.cfg, run.state
+def _loop(run: Run) -> ValPredictions | None:
+    """Epochs of micro-batches until ``total_steps`` optimiser steps; returns the last validation."""
+    state = run.state
+    progress = LoopProgress(stage=state.stage, epoch=state.epoch)
     bar = tqdm(total=run.total_steps, initial=state.step, desc="train", dynamic_ncols=True,
-               disable=not (a.is_main_process and cfg.log.progress))
-    stage = state.stage  # known across resumes, so a boundary right after a resume still clears momentum
-    sums: dict[str, float] = {}
-    count = 0
-    last_eval: EvalResult | None = None
-    evaluated_at = -1
+               disable=not (run.accelerator.is_main_process and run.cfg.log.progress))
     while state.step < run.total_steps:
         epoch = state.epoch
         for batch in _epoch_batches(run, epoch):
-            new_stage = stage_at(cfg.schedule, epoch, state.step)
-            if new_stage != stage:
-                _enter_stage(run, stage, new_stage)
-                stage = new_stage
-            state.stage = stage
-            set_lr(run.optimizer, base_lr(cfg, state.step, run.total_steps), stage)
-            terms = _train_batch(run, batch, stage)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            state.batch_in_epoch += 1
-            if not a.sync_gradients:
-                continue
-            state.step += 1
-            bar.update(1)
-            if state.step % cfg.log.log_every == 0 or state.step == run.total_steps:
-                _log_train(run, bar, stage, epoch, sums, count)
-                sums, count = {}, 0
-            if cfg.schedule.eval_every_steps and state.step % cfg.schedule.eval_every_steps == 0:
-                last_eval, evaluated_at = _eval_and_keep_best(run, stage, epoch), state.step
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < run.total_steps:
-                _checkpoint(run)
+            _micro_step(run, batch, epoch, progress, bar)
             if state.step >= run.total_steps:
                 break
-        else:
+        if state.batch_in_epoch >= len(run.train_loader):  # the epoch is complete (also when max_steps ends it)
             state.epoch, state.batch_in_epoch = epoch + 1, 0
-            if (epoch + 1) % cfg.schedule.eval_every_epochs == 0 and evaluated_at != state.step:
-                last_eval, evaluated_at = _eval_and_keep_best(run, stage, epoch), state.step
-            continue
-        if state.batch_in_epoch >= len(run.train_loader):  # max_steps landed exactly on an epoch end
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            if (epoch + 1) % run.cfg.schedule.eval_every_epochs == 0 and progress.evaluated_at != state.step:
+                _evaluate(run, progress)
     bar.close()
-    if evaluated_at != state.step:
-        last_eval = _eval_and_keep_best(run, stage, state.epoch)
+    if progress.evaluated_at != state.step:
+        _evaluate(run, progress)
     _checkpoint(run)
-    return last_eval
+    return progress.last_eval
+
+
+def _micro_step(run: Run, batch: Mapping[str, Any], epoch: int, progress: LoopProgress, bar: tqdm) -> None:
+    """One micro-batch; on the micro-batch that completes an optimiser step: log, evaluate, checkpoint."""
+    cfg, state = run.cfg, run.state
+    stage = stage_at(cfg.schedule, epoch, state.step)
+    if stage != progress.stage:
+        _enter_stage(run, progress.stage, stage)
+        progress.stage = stage
+    state.stage = stage
+    set_lr(run.optimizer, base_lr(cfg, state.step, run.total_steps), stage)
+    progress.add(_train_batch(run, batch, stage))
+    state.batch_in_epoch += 1
+    if not run.accelerator.sync_gradients:
+        return
+    state.step += 1
+    progress.epoch = epoch
+    bar.update(1)
+    if state.step % cfg.log.log_every == 0 or state.step == run.total_steps:
+        _log_train(run, bar, progress)
+    if cfg.schedule.eval_every_steps and state.step % cfg.schedule.eval_every_steps == 0:
+        _evaluate(run, progress)
+    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < run.total_steps:
+        _checkpoint(run)
 
 
 def _enter_stage(run: Run, old: int, new: int) -> None:
@@ -567,7 +316,7 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
                             norm(batch["pristine"]), paths=STAGE_PATHS[stage])
         loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss)
         if not torch.isfinite(loss.total):
-            raise TrainingError(f"non-finite loss {loss.total.item()} at step {run.state.step}: lower optim.lr")
+            raise TrainingError(_nonfinite_message(run, batch, stage, loss.terms))
         a.backward(loss.total)
         if a.sync_gradients and cfg.optim.clip_grad_norm and a.distributed_type != DistributedType.DEEPSPEED:
             a.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_grad_norm)  # DeepSpeed clips by its config
@@ -578,34 +327,50 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
     return terms
 
 
-def _log_train(run: Run, bar: tqdm, stage: int, epoch: int, sums: dict[str, float], count: int) -> None:
+def _nonfinite_message(run: Run, batch: Mapping[str, Any], stage: int, terms: Mapping[str, torch.Tensor]) -> str:
+    bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+    names = list(batch.get("name", []))
+    shown = ", ".join(map(str, names[:8])) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+    return (
+        f"non-finite loss at step {run.state.step + 1} (stage {stage}, epoch {run.state.epoch}): "
+        f"term(s) {', '.join(bad) or 'total'} = {', '.join(str(float(terms[k])) for k in bad)}; batch samples: "
+        f"{shown or 'unnamed'}. Check those inputs and labels, or lower optim.lr / set optim.clip_grad_norm"
+    )
+
+
+def _log_train(run: Run, bar: tqdm, progress: LoopProgress) -> None:
     a = run.accelerator
     keys = ["loss", *LOSS_TERMS]
-    local = torch.tensor([sums.get(k, 0.0) / max(count, 1) for k in keys], device=a.device, dtype=torch.float64)
+    count = max(progress.count, 1)
+    local = torch.tensor([progress.sums.get(k, 0.0) / count for k in keys], device=a.device, dtype=torch.float64)
     mean = a.reduce(local, reduction="mean").cpu().tolist()  # collective: every rank calls it
+    present = set(progress.sums)
+    progress.sums, progress.count = {}, 0
     if not a.is_main_process:
         return
-    row = {k: v for k, v in zip(keys, mean) if k == "loss" or k in sums}
-    lr = max(g["lr"] for g in _torch_optimizer(run.optimizer).param_groups)
-    bar.set_postfix(stage=stage, **{k: f"{v:.4f}" for k, v in row.items()})
-    run.log.write({"split": "train", "step": run.state.step, "epoch": epoch, "stage": stage, "lr": lr, **row})
+    row = {k: v for k, v in zip(keys, mean) if k == "loss" or k in present}
+    lr = max(g["lr"] for g in torch_optimizer(run.optimizer).param_groups)
+    bar.set_postfix(stage=progress.stage, **{k: f"{v:.4f}" for k, v in row.items()})
+    run.log.write({"split": "train", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage,
+                   "lr": lr, **row})
 
 
-def _eval_and_keep_best(run: Run, stage: int, epoch: int) -> EvalResult:
+def _evaluate(run: Run, progress: LoopProgress) -> None:
+    """Validate, keep the best model by SRCC + PLCC (the official criterion), log the row."""
     a = run.accelerator
-    result = evaluate(a, run.model, run.val_loader, run.norm, desc=f"eval @ step {run.state.step}",
-                      progress=run.cfg.log.progress)
-    m = result.metrics
-    score = m["srcc"] + m["plcc"]
+    result = predict_val(a, run.model, run.val_loader, run.norm, desc=f"eval @ step {run.state.step}",
+                         progress=run.cfg.log.progress)
+    progress.last_eval, progress.evaluated_at = result, run.state.step
+    score = result.correlations.selection_score
     improved = math.isfinite(score) and (run.state.best_score is None or score > run.state.best_score)
     if improved:  # every rank has the gathered metrics, so the decision is the same everywhere
         run.state.best_score, run.state.best_step = score, run.state.step
         _export(run, run.out / "model_best.safetensors", "best val SRCC+PLCC")
     if a.is_main_process:
-        run.log.write({"split": "val", "step": run.state.step, "epoch": epoch, "stage": stage, **m})
-        summary = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
+        m = result.metrics
+        run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m})
+        summary = " ".join(f"{k}={m[k]:.3f}" for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
         tqdm.write(f"[drqa eval] step {run.state.step}: {summary} ({len(result.scores)} pairs)")
-    return result
 
 
 def _checkpoint(run: Run) -> Path:
@@ -628,7 +393,7 @@ def _export(run: Run, path: Path, what: str) -> None:
                      license="same as the training data and code (MIT code; check the data's licence)")
 
 
-def _finish(run: Run, final_eval: EvalResult | None, seconds: float) -> dict[str, Any]:
+def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict[str, Any]:
     a, out = run.accelerator, run.out
     sync_buffers(a, run.model)
     _export(run, out / "model.safetensors", "final")
@@ -637,9 +402,9 @@ def _finish(run: Run, final_eval: EvalResult | None, seconds: float) -> dict[str
         "distributed_type": str(a.distributed_type.value),
         "num_processes": a.num_processes,
         "mixed_precision": a.mixed_precision,
-        "deepspeed_autocast": _ds_autocast(a),
+        "deepspeed_autocast": deepspeed_autocast(a),
         "steps": run.state.step,
-        "epochs_started": run.state.epoch,
+        "epochs_completed": run.state.epoch,
         "seconds": seconds,
         "rank_fingerprints": list(fingerprints),
         "ranks_identical": len(set(fingerprints)) == 1,
@@ -660,9 +425,3 @@ def _finish(run: Run, final_eval: EvalResult | None, seconds: float) -> dict[str
     a.wait_for_everyone()
     run.model = run.optimizer = None  # drop references before Accelerate tears down (see train())
     return summary
-
-
-def _ds_autocast(a: Accelerator) -> bool | None:
-    if a.distributed_type != DistributedType.DEEPSPEED:
-        return None
-    return bool(a.state.deepspeed_plugin.deepspeed_config.get("torch_autocast", {}).get("enabled", False))

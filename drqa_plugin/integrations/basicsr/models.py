@@ -25,17 +25,21 @@ from os import path as osp
 from typing import Any, Callable, Mapping
 
 import torch
-from basicsr.losses import build_loss
-from basicsr.metrics import calculate_metric
-from basicsr.models.sr_model import SRModel
-from basicsr.models.srgan_model import SRGANModel
-from basicsr.utils import get_root_logger, imwrite, tensor2img
-from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
-from torch import Tensor
-from tqdm import tqdm
 
-from drqa_plugin.integrations.basicsr._compat import register
-from drqa_plugin.integrations.basicsr.options_check import OptionError
+from drqa_plugin.integrations.basicsr._compat import import_basicsr, register
+
+import_basicsr()  # BasicSR 1.4.2 cannot be imported on current torchvision without its shim
+
+from basicsr.losses import build_loss  # noqa: E402
+from basicsr.metrics import calculate_metric  # noqa: E402
+from basicsr.models.sr_model import SRModel  # noqa: E402
+from basicsr.models.srgan_model import SRGANModel  # noqa: E402
+from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY  # noqa: E402
+from torch import Tensor  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from drqa_plugin.errors import OptionError  # noqa: E402
 
 
 class MissingInputError(KeyError):

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
+from drqa_plugin.errors import ConfigError, DRQAError, MissingFileError
+
 # Projects built on BasicSR whose registries we fill by importing them when an
 # option names something only they provide.
 KNOWN_EXTENSIONS = ("realesrgan", "hat")
@@ -61,11 +63,11 @@ def _without_imports(argv: list[str]) -> list[str]:
 def load_options(path: Path) -> dict[str, Any]:
     """The option file as plain data (``yaml.safe_load``: no Python tags)."""
     if not path.is_file():
-        raise FileNotFoundError(f"option file not found: {path}")
+        raise MissingFileError(f"option file not found: {path}")
     with path.open() as f:
         options = yaml.safe_load(f)
     if not isinstance(options, dict):
-        raise ValueError(f"{path}: expected a mapping of options at the top level")
+        raise ConfigError(f"{path}: expected a mapping of options at the top level")
     return options
 
 
@@ -122,7 +124,9 @@ def import_plugins(options: Mapping[str, Any], explicit: Sequence[str]) -> list[
 
     Returns the extension modules imported. Raises naming what is still unknown.
     """
-    import drqa_plugin.integrations.basicsr  # noqa: F401  (shim + registration)
+    from drqa_plugin.integrations.basicsr import register
+
+    register()
 
     for module in explicit:
         importlib.import_module(module)
@@ -141,7 +145,7 @@ def import_plugins(options: Mapping[str, Any], explicit: Sequence[str]) -> list[
         missing = _resolve(options)
     if missing:
         listed = "; ".join(f"{where}: {name!r} is not in BasicSR's {reg} registry" for reg, name, where in missing)
-        raise ValueError(
+        raise ConfigError(
             f"{listed}. Install the project that provides it, or name its module with --import MODULE "
             f"(tried: {', '.join(KNOWN_EXTENSIONS)})"
         )
@@ -157,7 +161,7 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None = None, *, i
         options = load_options(args.option_file)
         import_plugins(options, args.imports)
         check_options(options, is_train=is_train)
-    except (ValueError, OSError, yaml.YAMLError) as exc:  # OptionError, WeightsError, missing files
+    except (DRQAError, ValueError, OSError, yaml.YAMLError) as exc:  # ours, and BasicSR's own option errors
         # A one-line reason instead of a traceback: nothing has started yet.
         raise SystemExit(f"drqa-plugin: {args.option_file}: {exc}") from exc
     sys.argv = [sys.argv[0], *args.basicsr_argv]

@@ -1,4 +1,4 @@
-"""``drqa eval``: correlation of a model's scores with opinion scores on a labelled list.
+"""Labelled lists and the correlation of a scorer's predictions with their opinion scores (``drqa eval``).
 
 Two list formats are read (format detected from the first line):
 
@@ -6,19 +6,19 @@ Two list formats are read (format detected from the first line):
   ``ROOT/[RESTORED_DIR/]X``, degraded reference ``ROOT/[DEGRADED_DIR/]ref_X``;
   grouped by scene (``A0001``).
   Names containing ``_06_`` are skipped as in the official code (``--drop-pattern ''`` keeps them).
-* CSV with a header ``restored,degraded,mos[,group]`` (any column order); paths
-  relative to ROOT; without a ``group`` column pairs are grouped by degraded image.
+* CSV with a header ``restored,degraded,mos[,group][,method]`` (any column order,
+  other columns ignored); paths relative to ROOT; without a ``group`` column pairs
+  are grouped by degraded image. ``method`` names the restoration method (for the
+  method-prior baseline).
 
 ROOT defaults to the list file's folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from drqa_plugin.data.config import PIPALLayout
-from drqa_plugin.data.photos import DataError
 from drqa_plugin.data.pipal import check_files, pipal_paths, read_pipal_list
-from drqa_plugin.metrics import EvalResult, evaluate
+from drqa_plugin.errors import DataError
+from drqa_plugin.metrics import Correlations, correlate
 from drqa_plugin.scorer import score_file_pairs
 
 CSV_COLUMNS = ("restored", "degraded", "mos")
@@ -46,6 +46,7 @@ class EvalPair:
     mos: float
     group: str
     line: int  # line of the list file, for error messages
+    method: str = ""  # restoration method, when the list names it
 
 
 def _first_line(path: Path) -> str:
@@ -81,7 +82,8 @@ def _read_csv(path: Path, root: Path) -> list[EvalPair]:
             if not math.isfinite(mos):
                 raise DataError(f"{path}:{line}: mos must be finite, got {row['mos']!r}")
             group = (row.get("group") or "").strip() or degraded
-            pairs.append(EvalPair(root / restored, root / degraded, mos, group, line))
+            method = (row.get("method") or "").strip()
+            pairs.append(EvalPair(root / restored, root / degraded, mos, group, line, method))
     if not pairs:
         raise DataError(f"list file {str(path)!r} has no pairs")
     return pairs
@@ -121,38 +123,16 @@ def score_pairs(scorer: Scorer, pairs: Sequence[EvalPair], batch_size: int = 8,
 
 
 def evaluate_pairs(scorer: Scorer, pairs: Sequence[EvalPair], batch_size: int = 8, progress: bool = True,
-                   min_group_size: int = 3) -> tuple[np.ndarray, EvalResult]:
+                   min_group_size: int = 3) -> tuple[np.ndarray, Correlations]:
     """Score all pairs and correlate with their MOS; any unreadable image raises DataError."""
     preds, errors = score_pairs(scorer, pairs, batch_size, progress)
     if errors:
         raise DataError(f"{len(errors)} pair(s) could not be scored: " + "; ".join(errors[:5]))
-    result = evaluate(preds, [p.mos for p in pairs], [p.group for p in pairs], min_group_size)
+    result = correlate(preds, [p.mos for p in pairs], [p.group for p in pairs], min_group_size)
     return preds, result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``drqa eval``."""
-    from drqa_plugin.cli import add_runtime_arguments
-
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--weights", required=True, help="our .safetensors weights file")
-    parser.add_argument("--list", required=True, dest="list_file",
-                        help="labelled list: PIPAL 'name,MOS' lines or CSV restored,degraded,mos[,group]")
-    parser.add_argument("--root", default=None, help="folder the list's paths are relative to (default: its folder)")
-    parser.add_argument("--out", default=None, help="write per-pair predictions to this CSV")
-    parser.add_argument("--min-group-size", type=int, default=3,
-                        help="groups with fewer pairs are skipped in the grouped protocol")
-    parser.add_argument("--restored-dir", default="", help="PIPAL layout: sub-folder of ROOT with the listed images")
-    parser.add_argument("--degraded-dir", default="", help="PIPAL layout: sub-folder of ROOT with the ref_ images")
-    parser.add_argument("--degraded-prefix", default="ref_",
-                        help="PIPAL layout: degraded name = prefix + restored name")
-    parser.add_argument("--drop-pattern", default="_06_",
-                        help="PIPAL layout: skip names containing this ('' keeps all)")
-    add_runtime_arguments(parser)
-
-
-def _write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray) -> None:
+def write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -164,33 +144,3 @@ def _write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray)
     os.replace(tmp, path)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``drqa eval``; 0 on success, 1 if some images could not be read (metrics cover the rest)."""
-    from drqa_plugin.registry import PRECISIONS
-    from drqa_plugin.scorer import DRIQA
-
-    layout = PIPALLayout(restored_dir=args.restored_dir, degraded_dir=args.degraded_dir,
-                         degraded_prefix=args.degraded_prefix, drop_pattern=args.drop_pattern)
-    pairs = read_labelled_list(args.list_file, args.root, layout)
-    scorer = DRIQA(args.weights, preprocess=args.preprocess, device=args.device, dtype=PRECISIONS[args.dtype],
-                   reference_interpolation=args.reference_interpolation)
-    preds, errors = score_pairs(scorer, pairs, args.batch_size, progress=not args.quiet)
-    if args.out:
-        _write_predictions(Path(args.out), pairs, preds)
-    for message in errors:
-        print(f"drqa eval: error: {message}", file=sys.stderr)
-    ok = ~np.isnan(preds)
-    if ok.sum() < 2:
-        print(f"drqa eval: error: only {int(ok.sum())} pair(s) could be scored; nothing to correlate", file=sys.stderr)
-        return 1
-    kept = [p for p, good in zip(pairs, ok) if good]
-    result = evaluate(preds[ok], [p.mos for p in kept], [p.group for p in kept], args.min_group_size)
-    print(f"weights: {args.weights} ({scorer.pretrained_cfg.provenance})")
-    print(f"list: {args.list_file}  preprocess: {args.preprocess}  pairs scored: {result.n}/{len(pairs)}")
-    print(result.format())
-    if args.out:
-        print(f"predictions: {args.out}")
-    if errors:
-        print(f"drqa eval: {len(errors)} pair(s) could not be read; metrics cover the rest", file=sys.stderr)
-        return 1
-    return 0

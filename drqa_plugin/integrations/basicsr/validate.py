@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from drqa_plugin.integrations.basicsr.metrics import METRIC_KEYS
-from drqa_plugin.integrations.basicsr.options_check import OptionError, check_keys
-from drqa_plugin.loss import RANDOM_WEIGHTS, config_keys
+from drqa_plugin.errors import ConfigError, WeightsError, WeightsNotFoundError
+from drqa_plugin.integrations.basicsr.metrics import check_metric_options as check_metric_values
+from drqa_plugin.integrations.common import OptionError, check_keys
+from drqa_plugin.loss import RANDOM_WEIGHTS, DRIQALossConfig, config_keys
 from drqa_plugin.weights import load_model
 
 _TARGET_LOSSES = ("pixel_opt", "perceptual_opt", "gan_opt", "ldl_opt")
@@ -21,10 +22,10 @@ def check_weights(weights: Any, where: str, *, allow_random: bool = False) -> No
         return
     path = Path(str(weights)).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{where}: weights file not found: {path}")
+        raise WeightsNotFoundError(f"{where}: weights file not found: {path}")
     try:
         load_model(path)
-    except ValueError as exc:  # WeightsError and friends
+    except WeightsError as exc:
         raise OptionError(f"{where}: {exc}") from exc
 
 
@@ -60,6 +61,11 @@ def check_train_options(train: Mapping[str, Any]) -> bool:
         raise OptionError("train.driqa_opt must be a mapping of DRIQALoss options")
     if driqa_opt.get("type", "DRIQALoss") == "DRIQALoss":
         check_keys(driqa_opt, ("type", *config_keys()), "train.driqa_opt (DRIQALoss)")
+        values = {k: v for k, v in driqa_opt.items() if k not in ("type", "weights")}
+        try:
+            DRIQALossConfig(**values)
+        except ConfigError as exc:
+            raise OptionError(f"train.driqa_opt (DRIQALoss): {exc}") from exc
         check_weights(driqa_opt.get("weights"), "train.driqa_opt", allow_random=True)
     return True
 
@@ -71,7 +77,7 @@ def check_metric_options(metrics: Mapping[str, Any]) -> bool:
         if isinstance(opt, Mapping) and opt.get("type") == "calculate_driqa":
             found = True
             where = f"val.metrics.{name} (calculate_driqa)"
-            check_keys(opt, ("type", *METRIC_KEYS), where)
+            check_metric_values(dict(opt), where)
             check_weights(opt.get("weights"), where)
     return found
 

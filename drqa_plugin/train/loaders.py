@@ -1,0 +1,57 @@
+"""Training and validation loaders, and the normalisation the model's pretrained config asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from drqa_plugin.data import build_dataset
+from drqa_plugin.errors import TrainingError
+from drqa_plugin.preprocess import normalize
+from drqa_plugin.pretrained import PreprocessConfig
+from drqa_plugin.train.config import TrainConfig
+
+
+class FixedSamples(Dataset):
+    """Hides a dataset's ``set_epoch`` so the validation samples stay the same at every evaluation.
+
+    (Accelerate calls ``dataset.set_epoch(iteration)`` on every pass over a prepared
+    loader whose sampler has no ``set_epoch``, which would redraw synthetic val pairs.)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
+def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
+    train_set = build_dataset(cfg.data, split="train")
+    val_set = FixedSamples(build_dataset(cfg.data, split="val"))
+    if len(train_set) == 0:
+        raise TrainingError(f"the training data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
+    if len(val_set) == 0:
+        raise TrainingError(f"the validation data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
+    lc = cfg.loader
+    common = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
+    val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
+    return train_set, val_set, train, val
+
+
+class Normalizer:
+    """ImageNet normalisation (+ memory format) of float [0, 1] batches on the training device."""
+
+    def __init__(self, cfg: PreprocessConfig, channels_last: bool) -> None:
+        self.cfg = cfg
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return normalize(x, self.cfg).contiguous(memory_format=self.fmt)
