@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
+from drqa_plugin.constants import DEFAULT_ARCH
+from drqa_plugin.errors import WeightsError, WeightsNotFoundError
 from drqa_plugin.registry import create_model
-from drqa_plugin.weights import PathLike, WeightsError, check_state_dict, save_weights
+from drqa_plugin.weights import PathLike, check_state_dict, save_weights
 
 # Official top-level module name -> ours. Order does not matter: names are
 # matched on the first dotted component only.
@@ -43,7 +45,7 @@ def load_foreign_checkpoint(path: PathLike) -> dict:
     """``torch.load`` a ``.pth``/``.pth.tar`` safely (tensors + argparse.Namespace only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise WeightsNotFoundError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,13 +98,33 @@ def remap_official_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, *, license: str | None = None) -> Path:
-    """Convert an official or pyiqa CKDN checkpoint to our safetensors file; returns ``dst``."""
+def convert_checkpoint(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    license: str | None = None,
+    layout: str | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Convert an official or pyiqa CKDN checkpoint to our safetensors file; returns ``dst``.
+
+    ``layout`` (``"official"``/``"pyiqa"``), when given, is the layout the caller
+    expects; ``extra_metadata`` adds string keys (e.g. ``source_url``) to the
+    file's metadata next to ours.
+
+    Raises:
+        WeightsError: unreadable file, unknown layout, another layout than
+            ``layout``, or tensors that do not fit CKDN.
+        WeightsError: ``extra_metadata`` would overwrite one of the format's keys.
+    """
     src = Path(src)
     checkpoint = load_foreign_checkpoint(src)
-    layout = detect_layout(checkpoint)
+    detected = detect_layout(checkpoint)
+    if layout is not None and detected != layout:
+        raise WeightsError(f"{src}: expected the {layout} CKDN layout, found the {detected} layout")
+    layout = detected
     tensors = remap_official_keys(_raw_state_dict(checkpoint))
-    model = create_model("ckdn_r50")
+    model = create_model(DEFAULT_ARCH)
     # The auxiliary branch is not needed for scoring; keep whatever the file has
     # and fill the rest from a fresh model so the file is always complete.
     full = {k: tensors.get(k, v) for k, v in model.state_dict().items()}
@@ -116,9 +138,10 @@ def convert_checkpoint(src: PathLike, dst: PathLike, *, license: str | None = No
     return save_weights(
         full,
         dst,
-        arch="ckdn_r50",
+        arch=DEFAULT_ARCH,
         provenance=provenance,
         license=license or "as stated by the source checkpoint's authors",
+        extra_metadata=extra_metadata,
     )
 
 

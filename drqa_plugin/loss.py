@@ -42,6 +42,8 @@ from drqa_plugin.weights import load_model
 
 WeightsSpec = Union[str, os.PathLike, nn.Module, None]
 RANDOM_WEIGHTS = "random"
+#: What ``DRIQALoss()`` and ``DRIQA()`` score with when no weights are named (fetched once, then cached).
+DEFAULT_WEIGHTS = "ckdn_pipal"
 REDUCTIONS = ("mean", "sum", "none")
 # Values outside this are not a [0, 1] image with some overshoot (NaN is refused too).
 RANGE_LIMIT = (-0.5, 1.5)
@@ -91,12 +93,12 @@ def config_keys() -> tuple[str, ...]:
 
 
 def resolve_network(weights: WeightsSpec) -> nn.Module:
-    """The CKDN network behind a ``weights`` option (a file, a module, or ``"random"``)."""
+    """The CKDN network behind a ``weights`` option (a name, a file, a module, or ``"random"``)."""
     if weights is None:
         raise ConfigError(
-            "DRIQALoss needs weights: the path of a drqa-plugin .safetensors file (train one, or convert a "
-            "published CKDN checkpoint with `drqa convert`). A randomly initialised network scores noise and "
-            "is useless as a loss; pass weights='random' explicitly only for tests and demos."
+            "DRIQALoss needs weights: a weights name such as 'ckdn_pipal' (the default) or a drqa-plugin "
+            ".safetensors file. A randomly initialised network scores noise and is useless as a loss; pass "
+            "weights='random' explicitly only for tests and demos."
         )
     if isinstance(weights, nn.Module):
         return weights
@@ -116,8 +118,9 @@ class DRIQALoss(nn.Module):
     """Degraded-reference IQA loss: ``loss_weight * (1 - score(restored, degraded))``.
 
     Args:
-        weights: path of a drqa-plugin ``.safetensors`` file, a CKDN module (copied), or
-            ``"random"`` (tests/demos only; warns). Required.
+        weights: a weights name (default ``"ckdn_pipal"``, the authors' published model, fetched
+            once), the path of a drqa-plugin ``.safetensors`` file, a CKDN module (copied), or
+            ``"random"`` (tests/demos only; warns).
         loss_weight, reduction, preprocess, reference_interpolation, tile_size,
         precision, channels_last: see :class:`DRIQALossConfig`.
 
@@ -128,7 +131,7 @@ class DRIQALoss(nn.Module):
 
     def __init__(
         self,
-        weights: WeightsSpec = None,
+        weights: WeightsSpec = DEFAULT_WEIGHTS,
         loss_weight: float = 1.0,
         reduction: str = "mean",
         preprocess: str = "none",
@@ -162,7 +165,7 @@ class DRIQALoss(nn.Module):
     def loss_weight(self) -> float:
         return self.cfg.loss_weight
 
-    def train(self, mode: bool = True) -> "DRIQALoss":
+    def train(self, mode: bool = True) -> DRIQALoss:
         # Training code calls .train() on everything it owns; the scoring network must
         # keep its dropout off regardless.
         super().train(mode)

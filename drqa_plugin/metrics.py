@@ -12,8 +12,9 @@ Conventions (documented because scipy returns NaN with a warning instead):
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Hashable, Sequence
+from typing import ClassVar
 
 import numpy as np
 

@@ -40,7 +40,7 @@ class PreprocessConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessConfig":
+    def from_json(cls, text: str) -> PreprocessConfig:
         raw = json.loads(text)
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
         return cls(**raw)

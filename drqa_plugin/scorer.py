@@ -9,7 +9,7 @@ re-casts them every call) while the small MLP head stays fp32.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,8 @@ class DRIQA:
     """Degraded-reference quality scorer. ``scorer(restored, degraded) -> Tensor (N,)``, higher is better.
 
     Args:
-        model: a CKDN module, or the path of one of our ``.safetensors`` files.
+        model: a weights name (default ``"ckdn_pipal"``, the authors' published model, fetched
+            once and cached), the path of one of our ``.safetensors`` files, or a CKDN module.
         preprocess: ``"ckdn"`` (official protocol: shorter side 329, centre crop 288),
             ``"none"`` (whole image) or ``"tiles"`` (mean over ``tile_size`` tiles covering
             the whole image, no resampling).
@@ -72,7 +73,7 @@ class DRIQA:
 
     def __init__(
         self,
-        model: nn.Module | str | os.PathLike,
+        model: nn.Module | str | os.PathLike = "ckdn_pipal",
         *,
         preprocess: PreprocessMode = "ckdn",
         device: torch.device | str = "cpu",

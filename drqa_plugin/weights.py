@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -62,23 +62,33 @@ def save_weights(
     *,
     arch: str = DEFAULT_ARCH,
     pretrained: PretrainedConfig | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
     **overrides: str,
 ) -> Path:
     """Write a state dict atomically (temp file + rename) as our safetensors format.
 
     ``overrides`` replace fields of the variant's :class:`PretrainedConfig`
-    (``license=...``, ``provenance=...``). The file gets mode 0644 less the umask.
+    (``license=...``, ``provenance=...``); ``extra_metadata`` adds string keys of
+    its own (e.g. ``source_url``). The file gets mode 0644 less the umask.
+
+    Raises:
+        WeightsError: ``extra_metadata`` would overwrite one of the format's keys.
     """
     cfg = pretrained or get_variant(arch).pretrained
     if overrides:
         cfg = replace(cfg, **overrides)
+    metadata = pretrained_metadata(arch, cfg)
+    clash = sorted(set(extra_metadata or {}) & set(metadata))
+    if clash:
+        raise WeightsError(f"extra metadata must not overwrite the format's keys {clash}")
+    metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=pretrained_metadata(arch, cfg))
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, FILE_MODE & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -163,13 +173,23 @@ def load_model(
     path: PathLike,
     *,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> nn.Module:
     """Build the variant named in a weights file and load it (eval mode).
 
-    The model's ``pretrained_cfg`` holds the preprocessing and score range from
-    the file's metadata.
+    ``path`` is one of our ``.safetensors`` files or a registered weights name
+    (``"ckdn_pipal"``; see :mod:`drqa_plugin.hub`: fetched, verified and converted
+    once, then read from the cache). The model's ``pretrained_cfg`` holds the
+    preprocessing and score range from the file's metadata.
+
+    Raises:
+        WeightsNotFoundError: neither a file nor a known name.
+        WeightsError: a corrupt or mismatched file, or a failed download (``DownloadError``).
     """
+    from drqa_plugin.constants import resolve_dtype
+    from drqa_plugin.hub import resolve_weights
+
+    path = resolve_weights(path)
     tensors, meta = load_state_dict(path)
     arch = meta.get("arch", "")
     try:
@@ -179,7 +199,7 @@ def load_model(
     check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors)
     model.pretrained_cfg = pretrained_config_from_metadata(meta)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else None).eval()
 
 
 def _existing(path: PathLike) -> Path:

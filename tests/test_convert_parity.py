@@ -65,6 +65,7 @@ def test_converted_weights_match_reference_scores(tmp_path, published_files, ref
         [sys.executable, "-m", "drqa_plugin.cli", "convert", str(published_files[layout]), str(dst)],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"{layout} CKDN layout" in dq.read_metadata(dst)["provenance"]

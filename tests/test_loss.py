@@ -146,8 +146,13 @@ def test_loads_weights_file_and_moves_with_to(weights_file: Path, random_model, 
     assert from_file.to(torch.float32) is from_file
 
 
-def test_weights_are_required(random_model) -> None:
+def test_weights_are_required(random_model, monkeypatch, tmp_path) -> None:
     with pytest.raises(ValueError, match="needs weights"):
+        DRIQALoss(None)
+    # The default is the published model; offline and uncached it says how to get it, and downloads nothing.
+    monkeypatch.setenv("DRQA_HOME", str(tmp_path))
+    monkeypatch.setenv("DRQA_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="'ckdn_pipal' are not cached and downloads are disabled"):
         DRIQALoss()
     with pytest.warns(UserWarning, match="randomly initialised"):
         DRIQALoss("random")

@@ -21,6 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test here launches processes
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = "recipes/configs/test_tiny.yaml"
 # DDP and ZeRO-2 run the same fp32 SGD on the same data; they may differ only by the order of the

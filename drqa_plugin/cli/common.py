@@ -8,7 +8,8 @@ from drqa_plugin.constants import INTERPOLATIONS, PRECISION_NAMES, PREPROCESS_MO
 
 
 def add_weights_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="a drqa-plugin .safetensors file")
+    parser.add_argument("--weights", default="ckdn_pipal",
+                        help="a weights name (default ckdn_pipal; see `drqa weights list`) or a .safetensors file")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

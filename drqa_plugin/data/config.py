@@ -7,8 +7,9 @@ checks below run however a config is built, so a bad value fails at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from drqa_plugin.config import from_dict
 from drqa_plugin.constants import INTERPOLATIONS
@@ -167,5 +168,5 @@ class DataConfig:
             raise ConfigError("data.kind='pipal' needs data.root and data.list_file")
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "DataConfig":
+    def from_dict(cls, raw: Mapping[str, Any]) -> DataConfig:
         return from_dict(cls, raw, "data.")

@@ -12,8 +12,9 @@ texture; a learned perceptual metric is the better teacher where available.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable, Protocol
+from collections.abc import Callable
+from functools import cache, lru_cache
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ def available_labellers() -> tuple[str, ...]:
     return tuple(sorted(_FACTORIES))
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_labeller(name: str) -> Labeller:
     """The labeller called ``name``, built once per process."""
     if name not in _FACTORIES:

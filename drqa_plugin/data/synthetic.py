@@ -8,9 +8,9 @@ resume, with no state shared between them. All work happens at crop size.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -13,6 +13,7 @@ from pathlib import Path
 from drqa_plugin.config import check_keys
 from drqa_plugin.constants import INTERPOLATIONS, PREPROCESS_MODES, precision_name, resolve_device, resolve_dtype
 from drqa_plugin.errors import OptionError, WeightsNotFoundError
+from drqa_plugin.hub import resolve_weights
 from drqa_plugin.scorer import DRIQA
 
 __all__ = ["OptionError", "ScorerSpec", "cached_scorer", "check_keys", "clear_scorer_cache", "scorer_spec"]
@@ -53,8 +54,8 @@ def scorer_spec(
         WeightsNotFoundError: the weights file does not exist.
     """
     if weights is None:
-        raise OptionError(f"{where} needs 'weights: path/to/ckdn.safetensors' "
-                          "(convert published CKDN weights with `drqa convert`)")
+        raise OptionError(f"{where} needs 'weights: ckdn_pipal' (a weights name) or a path to a "
+                          "drqa-plugin .safetensors file")
     if preprocess not in PREPROCESS_MODES:
         raise OptionError(f"{where}: preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
     if reference_interpolation not in INTERPOLATIONS:
@@ -69,7 +70,10 @@ def scorer_spec(
         raise OptionError(f"{where}: {exc}") from exc
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsNotFoundError(f"{where}: weights file not found: {path}")
+        try:  # a registered name (ckdn_pipal): fetched and cached once, then a file like any other
+            path = resolve_weights(str(weights))
+        except WeightsNotFoundError as exc:
+            raise WeightsNotFoundError(f"{where}: {exc}") from exc
     stat = path.stat()
     return ScorerSpec(
         weights=str(path.resolve()),

@@ -39,7 +39,7 @@ class TrainerState:
     distributed_type: str = "NO"
 
     @classmethod
-    def read(cls, folder: Path) -> "TrainerState":
+    def read(cls, folder: Path) -> TrainerState:
         path = folder / STATE_FILE
         if not path.is_file():
             raise MissingFileError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")

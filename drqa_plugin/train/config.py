@@ -9,9 +9,9 @@ errors that name the key, so a typo in a recipe fails loudly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from drqa_plugin.config import dump_yaml_config, load_yaml_config, to_dict
 from drqa_plugin.constants import DEFAULT_ARCH
@@ -29,8 +29,8 @@ class ModelConfig:
     """Which network to train and how to initialise it."""
 
     arch: str = DEFAULT_ARCH
-    # ImageNet ResNet-50 weights (torchvision layout, .pth/.safetensors) or one of our
-    # .safetensors files; None = random init (the demo: nothing is downloaded).
+    # imagenet_resnet50 (the paper's init; fetched once), a torchvision ResNet-50 .pth, a weights
+    # name such as ckdn_pipal or one of our .safetensors files; None = random init (nothing downloaded).
     init: str | None = None
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
 

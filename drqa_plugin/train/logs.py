@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 COLUMNS = (
     "split", "step", "epoch", "stage", "lr", "loss", "d1", "d2", "d3", "d4",

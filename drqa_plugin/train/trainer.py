@@ -25,9 +25,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -85,20 +86,24 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def _initialise(model: nn.Module, init: str) -> None:
-    """Our ``.safetensors`` weights (all tensors) or an ImageNet ResNet-50 ``.pth`` (encoders + comparators).
+    """Our weights (a ``.safetensors`` file or a name such as ``ckdn_pipal``: all tensors) or ImageNet
+    ResNet-50 weights (``imagenet_resnet50`` or a torchvision ``.pth``: encoders and comparators).
 
     Raises:
         WeightsError: a missing, corrupt or mismatched file; it is never retried as another kind.
     """
     from drqa_plugin.convert import init_from_imagenet_resnet50
+    from drqa_plugin.hub import get_weights, resolve_weights, weights_names
     from drqa_plugin.weights import check_state_dict, load_state_dict
 
-    if str(init).endswith(".safetensors"):
-        tensors, _ = load_state_dict(init)
-        check_state_dict(model, tensors, str(init))
-        model.load_state_dict(tensors)
+    path = resolve_weights(init)
+    imagenet = init in weights_names() and get_weights(init).layout == "torchvision"
+    if imagenet or path.suffix != ".safetensors":
+        init_from_imagenet_resnet50(model, path)
         return
-    init_from_imagenet_resnet50(model, init)
+    tensors, _ = load_state_dict(path)
+    check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors)
 
 
 @dataclass
@@ -223,7 +228,8 @@ def _print_header(run: Run, steps_per_epoch: int, resume: Path | None) -> None:
     global_batch = cfg.loader.batch_size * a.num_processes * cfg.runtime.grad_accum
     print(
         f"[drqa train] {_launch_kind(a)} on {a.device} | mixed precision "
-        f"{'off' if a.mixed_precision == 'no' else a.mixed_precision} | global batch {global_batch} | {steps_per_epoch} steps/epoch | {run.total_steps} steps "
+        f"{'off' if a.mixed_precision == 'no' else a.mixed_precision} | global batch {global_batch} | "
+        f"{steps_per_epoch} steps/epoch | {run.total_steps} steps "
         f"| stage 2 from {cfg.schedule.unit} {cfg.schedule.stage2_start} | output {run.out}",
         flush=True,
     )

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from os import path as osp
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -107,10 +108,10 @@ class DRIQAModelMixin:
 
     def _generator_losses(
         self, prefix: str, pixel_target: str = "gt", perceptual_target: str = "gt"
-    ) -> tuple[Tensor, "OrderedDict[str, Tensor]"]:
+    ) -> tuple[Tensor, OrderedDict[str, Tensor]]:
         """Pixel, perceptual and DR-IQA terms on ``self.output`` (keys as BasicSR names them)."""
         total = self.output.new_zeros(())
-        losses: "OrderedDict[str, Tensor]" = OrderedDict()
+        losses: OrderedDict[str, Tensor] = OrderedDict()
         if self.cri_pix:
             target = self._require(pixel_target, "train.pixel_opt")
             losses[f"{prefix}pix"] = self.cri_pix(self.output, target)
@@ -244,7 +245,7 @@ class DRIQAGANStepMixin:
             p.requires_grad = False
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
-        losses: "OrderedDict[str, Tensor]" = OrderedDict()
+        losses: OrderedDict[str, Tensor] = OrderedDict()
         if current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters:
             total, losses = self._generator_losses("l_g_", pixel_target, perceptual_target)
             losses["l_g_gan"] = self.cri_gan(self.net_d(self.output), True, is_disc=False)

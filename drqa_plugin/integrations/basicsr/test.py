@@ -7,7 +7,7 @@ Results (logs, and images when ``val.save_img``) go to ./results/<name>.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from drqa_plugin.integrations.basicsr.launcher import run
 

@@ -8,7 +8,7 @@ All BasicSR flags pass through (``--launcher pytorch`` for distributed runs,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from drqa_plugin.integrations.basicsr.launcher import run
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from drqa_plugin.errors import ConfigError, WeightsError, WeightsNotFoundError
 from drqa_plugin.integrations.basicsr.metrics import check_metric_options as check_metric_values
@@ -15,16 +16,17 @@ _TARGET_LOSSES = ("pixel_opt", "perceptual_opt", "gan_opt", "ldl_opt")
 
 
 def check_weights(weights: Any, where: str, *, allow_random: bool = False) -> None:
-    """Load a weights file once to prove it exists and fits its architecture, naming the option."""
+    """Load the weights once to prove they exist and fit their architecture, naming the option."""
     if weights is None:
-        raise OptionError(f"{where}: 'weights' is required (a drqa-plugin .safetensors file)")
+        raise OptionError(f"{where}: 'weights' is required (a weights name such as ckdn_pipal, or a "
+                          "drqa-plugin .safetensors file)")
     if allow_random and weights == RANDOM_WEIGHTS:
         return
     path = Path(str(weights)).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{where}: weights file not found: {path}")
     try:
-        load_model(path)
+        load_model(path if path.is_file() else str(weights))  # a file, or a name such as ckdn_pipal
+    except WeightsNotFoundError as exc:
+        raise WeightsNotFoundError(f"{where}: {exc}") from exc
     except WeightsError as exc:
         raise OptionError(f"{where}: {exc}") from exc
 
