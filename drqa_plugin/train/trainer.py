@@ -164,7 +164,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
             raise TrainingError("runtime.sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on CPU)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     preprocess = model.pretrained_cfg.preprocess
-    if cfg.model.channels_last:
+    if cfg.model.channels_last and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        # DeepSpeed broadcasts parameters through a flat byte view, which channels-last weights do not
+        # allow; there the inputs alone are channels-last (Normalizer), which makes oneDNN and cuDNN
+        # run the convolutions channels-last all the same.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     train_set, val_set, train_loader, val_loader = build_loaders(cfg)
