@@ -7,6 +7,7 @@ the restored image, so the loss and the scorer share one implementation.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Literal, Union
 
 import numpy as np
@@ -153,6 +154,12 @@ def match_reference_size(degraded: Tensor, size: tuple[int, int], interpolation:
     h, w = degraded.shape[-2:]
     if (h, w) == tuple(size):
         return degraded
+    if h > size[0] and w > size[1]:
+        warnings.warn(
+            f"the degraded reference ({w}x{h}) is larger than the restored image ({size[1]}x{size[0]}); "
+            "are restored and degraded swapped? (the restored image comes first)",
+            stacklevel=4,
+        )
     ratio_ref, ratio_out = w / h, size[1] / size[0]
     if abs(ratio_ref - ratio_out) / ratio_out > ASPECT_TOLERANCE:
         raise ImageInputError(

@@ -9,6 +9,7 @@ re-casts them every call) while the small MLP head stays fp32.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -103,6 +104,12 @@ class DRIQA:
             raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
         self.reference_interpolation = reference_interpolation
         self.channel_order = channel_order
+        if self.pretrained_cfg.provenance == get_variant(DEFAULT_ARCH).pretrained.provenance:
+            warnings.warn(
+                "DRIQA: the network is randomly initialised, so its scores carry no information about image "
+                "quality; pass weights (e.g. 'ckdn_pipal' or a trained .safetensors file)",
+                stacklevel=2,
+            )
         self.model = frozen_inference_copy(model, dtype=self.dtype, device=self.device, differentiable=False)
 
 

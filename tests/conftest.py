@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,10 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
 @pytest.fixture(scope="session")
 def random_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomise_batchnorm(dq.create_model("ckdn_r50"))
+    model = randomise_batchnorm(dq.create_model("ckdn_r50"))
+    # Tests know these weights are random; the scorer's warning is for users who do not.
+    model.pretrained_cfg = replace(model.pretrained_cfg, provenance="random weights for tests")
+    return model
 
 
 @pytest.fixture(scope="session")

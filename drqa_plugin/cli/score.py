@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         for (r, d), score in zip(plan.pairs, scores)
         if not np.isnan(score)
     ]
-    _write_scores(rows, errors, args, scorer.pretrained_cfg.provenance)
+    failed = [{"restored": str(plan.pairs[i][0]), "degraded": str(plan.pairs[i][1]), "error": failures[i]}
+              for i in sorted(failures)]
+    _write_scores(rows, failed, errors, args, scorer.pretrained_cfg.provenance)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     if rows:
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _write_scores(rows: list[dict], errors: list[str], args: argparse.Namespace, provenance: str) -> None:
+def _write_scores(rows: list[dict], failed: list[dict], errors: list[str], args: argparse.Namespace,
+                  provenance: str) -> None:
+    """Scores, and failed pairs beside them (CSV: an empty score and the error; JSON: "failures")."""
     if not args.out:
         for row in rows:
             print(f"{row['score']:.6f}\t{row['restored']}\t{row['degraded']}")
@@ -66,11 +70,13 @@ def _write_scores(rows: list[dict], errors: list[str], args: argparse.Namespace,
             "preprocess": args.preprocess,
             "higher_is_better": True,
             "scores": rows,
+            "failures": failed,
             "errors": errors,
         }
         out.write_text(json.dumps(report, indent=2))
         return
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["restored", "degraded", "score"])
+        writer = csv.DictWriter(f, fieldnames=["restored", "degraded", "score", "error"])
         writer.writeheader()
         writer.writerows(rows)
+        writer.writerows({**row, "score": ""} for row in failed)

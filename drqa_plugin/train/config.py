@@ -56,6 +56,7 @@ class OptimConfig:
     schedule: str = "constant"  # "constant" (paper) | "cosine"
     warmup_steps: int = 0
     clip_grad_norm: float | None = None  # None: no clipping (paper); DeepSpeed "auto" takes this value
+    skip_nonfinite: int = 0  # optimiser steps with a non-finite loss to skip (counted) before the run stops
 
 
 @dataclass
@@ -113,6 +114,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimiser steps; 0 = only at the end
     keep_checkpoints: int = 2
     resume: str | None = None  # None | "latest" | path to a checkpoint folder
+    resume_force: bool = False  # resume although batch size, processes, crop, ... changed (not bit-identical)
     overwrite: bool = False  # a fresh run into an output_dir that has checkpoints deletes them (else: error)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -147,6 +149,7 @@ def validate(cfg: TrainConfig) -> None:
             f"got {cfg.runtime.mixed_precision!r}",
         ),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
+        (cfg.optim.skip_nonfinite >= 0, f"optim.skip_nonfinite must be >= 0, got {cfg.optim.skip_nonfinite}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -152,3 +152,12 @@ def deepspeed_autocast(a: Accelerator) -> bool | None:
     if a.distributed_type != DistributedType.DEEPSPEED:
         return None
     return bool(a.state.deepspeed_plugin.deepspeed_config.get("torch_autocast", {}).get("enabled", False))
+
+
+def all_ranks_finite(accelerator: Accelerator, value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every rank (a collective when there are several)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if accelerator.num_processes > 1:
+        flag = flag.to(accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "split", "step", "epoch", "stage", "lr", "loss", "d1", "d2", "d3", "d4",
+    "split", "step", "epoch", "stage", "lr", "loss", "d1", "d2", "d3", "d4", "nonfinite_skipped",
     "srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n",
 )
 
@@ -122,11 +122,18 @@ def _plot_losses(plt: Any, rows: list[dict[str, str]], path: Path) -> Path:
 
 def _plot_scatter(plt: Any, result: Any, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 5))
-    sc = ax.scatter(result.targets, result.scores, c=result.groups, s=12, cmap="tab20")
+    # Scene ids are categories, not a scale: one qualitative colour per scene, no colour bar.
+    scenes = sorted(set(result.groups))
+    palette = plt.get_cmap("tab20")
+    for i, scene in enumerate(scenes):
+        xs = [t for t, g in zip(result.targets, result.groups) if g == scene]
+        ys = [s for s, g in zip(result.scores, result.groups) if g == scene]
+        ax.scatter(xs, ys, s=12, color=palette(i % 20), label=f"scene {scene}")
     m = result.metrics
     title = f"SRCC {m.get('srcc', math.nan):.3f}  PLCC {m.get('plcc', math.nan):.3f}"
     ax.set(xlabel="target (label)", ylabel="predicted score (dr)", title=title)
-    fig.colorbar(sc, ax=ax, label="group (scene)")
+    if len(scenes) <= 12:
+        ax.legend(fontsize="small", markerscale=1.5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

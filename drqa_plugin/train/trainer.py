@@ -43,11 +43,13 @@ from drqa_plugin.train.checkpoint import (
     TrainerState,
     checkpoint_dir,
     list_checkpoints,
+    read_run_facts,
     resolve_resume,
     save_checkpoint,
 )
 from drqa_plugin.train.config import TrainConfig, dump_config, to_dict
 from drqa_plugin.train.distributed import (
+    all_ranks_finite,
     check_launch,
     deepspeed_autocast,
     make_accelerator,
@@ -60,6 +62,7 @@ from drqa_plugin.train.logs import MetricsLog, write_plots
 from drqa_plugin.train.losses import (
     LOSS_TERMS,
     STAGE_PATHS,
+    StageLoss,
     distillation_loss,
     stage_at,
 )
@@ -136,6 +139,8 @@ class LoopProgress:
     evaluated_at: int = -1
 
     def add(self, terms: Mapping[str, float]) -> None:
+        if not terms:  # a skipped (non-finite) batch adds nothing to the averages
+            return
         for key, value in terms.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
@@ -180,7 +185,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     state = TrainerState(num_processes=accelerator.num_processes, distributed_type=str(accelerator.distributed_type.value))
     resume = resolve_resume(cfg.resume, out)
     if resume is not None:
-        state = _load_checkpoint(accelerator, resume)
+        state = _load_checkpoint(accelerator, resume, cfg)
     else:
         _claim_output_dir(accelerator, cfg)
     if accelerator.is_main_process:
@@ -211,17 +216,45 @@ def _claim_output_dir(accelerator: Accelerator, cfg: TrainConfig) -> None:
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
+def _load_checkpoint(accelerator: Accelerator, folder: Path, cfg: TrainConfig) -> TrainerState:
     state = TrainerState.read(folder)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and state.num_processes != accelerator.num_processes:
         raise TrainingError(
             f"{folder} was written by {state.num_processes} DeepSpeed processes; ZeRO checkpoints only resume on "
             f"the same world size (now {accelerator.num_processes})"
         )
+    _check_equivalence(read_run_facts(folder), run_facts(cfg, accelerator), folder, cfg.resume_force,
+                       accelerator.is_main_process)
     accelerator.load_state(str(folder))
     state.num_processes = accelerator.num_processes
     state.distributed_type = str(accelerator.distributed_type.value)
     return state
+
+
+def run_facts(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint to continue it exactly."""
+    return {
+        "num_processes": accelerator.num_processes,
+        "loader.batch_size": cfg.loader.batch_size,
+        "runtime.grad_accum": cfg.runtime.grad_accum,
+        "data.kind": cfg.data.kind,
+        "data.crop": cfg.data.crop,
+        "data.seed": cfg.data.seed,
+        "data.num_samples": cfg.data.num_samples,
+        "seed": cfg.seed,
+    }
+
+
+def _check_equivalence(then: dict[str, Any], now: dict[str, Any], folder: Path, force: bool, is_main: bool) -> None:
+    changed = [f"{k}: {then[k]!r} -> {now[k]!r}" for k in sorted(now) if k in then and then[k] != now[k]]
+    if not changed:
+        return
+    message = (f"{folder} was written under another setting ({'; '.join(changed)}); the resumed run would not "
+               "continue the interrupted one")
+    if not force:
+        raise TrainingError(message + ". Restore the setting, or pass resume_force=true to continue anyway")
+    if is_main:
+        print(f"[drqa train] warning: {message} (resume_force=true)", flush=True)
 
 
 def _print_header(run: Run, steps_per_epoch: int, resume: Path | None) -> None:
@@ -324,8 +357,9 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
             out = run.model(norm(batch["restored"]), norm(batch["degraded"]), norm(batch["restored_2"]),
                             norm(batch["pristine"]), paths=STAGE_PATHS[stage])
         loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss)
-        if not torch.isfinite(loss.total):
-            raise TrainingError(_nonfinite_message(run, batch, stage, loss.terms))
+        if not all_ranks_finite(a, loss.total):  # collective: every rank takes the same branch
+            _skip_nonfinite(run, batch, stage, loss)
+            return {}
         a.backward(loss.total)
         if a.sync_gradients and cfg.optim.clip_grad_norm and a.distributed_type != DistributedType.DEEPSPEED:
             a.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_grad_norm)  # DeepSpeed clips by its config
@@ -336,14 +370,33 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
     return terms
 
 
+def _skip_nonfinite(run: Run, batch: Mapping[str, Any], stage: int, loss: StageLoss) -> None:
+    """Drop this optimiser step on every rank, or stop the run when the budget is spent."""
+    a, state = run.accelerator, run.state
+    if state.nonfinite_skipped >= run.cfg.optim.skip_nonfinite:
+        raise TrainingError(_nonfinite_message(run, batch, stage, loss.terms))
+    state.nonfinite_skipped += 1
+    if a.is_main_process:
+        tqdm.write(f"[drqa train] skipped a non-finite batch ({state.nonfinite_skipped} of at most "
+                   f"{run.cfg.optim.skip_nonfinite}): " + _nonfinite_message(run, batch, stage, loss.terms))
+    if a.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        # DDP expects a backward after every forward; a zero loss keeps its reducer in step.
+        a.backward(torch.nan_to_num(loss.total, nan=0.0, posinf=0.0, neginf=0.0) * 0.0)
+    run.optimizer.zero_grad(set_to_none=True)  # DeepSpeed steps inside backward, so it never got one
+
+
 def _nonfinite_message(run: Run, batch: Mapping[str, Any], stage: int, terms: Mapping[str, torch.Tensor]) -> str:
     bad = [k for k, v in terms.items() if not torch.isfinite(v)]
     names = list(batch.get("name", []))
     shown = ", ".join(map(str, names[:8])) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+    where = f"at step {run.state.step + 1} (stage {stage}, epoch {run.state.epoch})"
+    if not bad:  # finite here: another process's batch was not
+        return (f"non-finite loss on another process {where}; this process's batch was finite "
+                f"({shown or 'unnamed'}); see that process's message for the term and samples")
     return (
-        f"non-finite loss at step {run.state.step + 1} (stage {stage}, epoch {run.state.epoch}): "
-        f"term(s) {', '.join(bad) or 'total'} = {', '.join(str(float(terms[k])) for k in bad)}; batch samples: "
-        f"{shown or 'unnamed'}. Check those inputs and labels, or lower optim.lr / set optim.clip_grad_norm"
+        f"non-finite loss {where}: term(s) {', '.join(bad)} = {', '.join(str(float(terms[k])) for k in bad)}; "
+        f"batch samples: {shown or 'unnamed'}. Check those inputs and labels, or lower optim.lr / set "
+        "optim.clip_grad_norm (optim.skip_nonfinite=N skips up to N such batches)"
     )
 
 
@@ -361,7 +414,7 @@ def _log_train(run: Run, bar: tqdm, progress: LoopProgress) -> None:
     lr = max(g["lr"] for g in torch_optimizer(run.optimizer).param_groups)
     bar.set_postfix(stage=progress.stage, **{k: f"{v:.4f}" for k, v in row.items()})
     run.log.write({"split": "train", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage,
-                   "lr": lr, **row})
+                   "lr": lr, "nonfinite_skipped": run.state.nonfinite_skipped, **row})
 
 
 def _evaluate(run: Run, progress: LoopProgress) -> None:
@@ -384,7 +437,8 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
 
 def _checkpoint(run: Run) -> Path:
     sync_buffers(run.accelerator, run.model)
-    return save_checkpoint(run.accelerator, run.out, run.state, run.cfg.keep_checkpoints)
+    return save_checkpoint(run.accelerator, run.out, run.state, run.cfg.keep_checkpoints,
+                           run_facts(run.cfg, run.accelerator))
 
 
 def _export(run: Run, path: Path, what: str) -> None:
@@ -414,6 +468,7 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         "deepspeed_autocast": deepspeed_autocast(a),
         "steps": run.state.step,
         "epochs_completed": run.state.epoch,
+        "nonfinite_skipped": run.state.nonfinite_skipped,
         "seconds": seconds,
         "rank_fingerprints": list(fingerprints),
         "ranks_identical": len(set(fingerprints)) == 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,13 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
         groups += g.cpu().tolist()
         names += list(accelerator.gather_for_metrics(list(batch["name"]), use_gather_object=True))
     model.train()
+    # A sample without a usable label (a labeller's NaN) says nothing about the model: leave it out
+    # of the correlations, and say so. A non-finite *prediction* is the model's fault and still fails.
+    kept = [i for i, t in enumerate(targets) if math.isfinite(t)]
+    if len(kept) < len(targets) and accelerator.is_main_process:
+        tqdm.write(f"[drqa eval] {len(targets) - len(kept)} of {len(targets)} val samples have a non-finite "
+                   "label and are left out of the correlations")
+    scores, targets, groups, names = ([v[i] for i in kept] for v in (scores, targets, groups, names))
     return ValPredictions(correlate(scores, targets, groups), scores, targets, groups, names)
 
 
