@@ -42,6 +42,7 @@ test: install-test
 # Style and import hygiene of the package (tests and benchmarks are scripts, not checked here).
 lint: install-test
 	$(BIN)/ruff check drqa_plugin
+	$(BIN)/mypy drqa_plugin
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

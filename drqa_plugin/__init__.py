@@ -10,10 +10,10 @@ from drqa_plugin.errors import (
     WeightsError,
 )
 from drqa_plugin.hub import download_weights, list_weights, register_weights, resolve_weights
+from drqa_plugin.loss import DRIQALoss
 from drqa_plugin.models.ckdn import CKDN, CKDNConfig, TrainOutputs
 from drqa_plugin.pretrained import PreprocessConfig, PretrainedConfig
 from drqa_plugin.registry import create_model, list_models
-from drqa_plugin.loss import DRIQALoss
 from drqa_plugin.scorer import DRIQA
 from drqa_plugin.weights import load_model, read_metadata, save_model, save_weights
 

@@ -100,7 +100,7 @@ def from_dict(cls: type[T], raw: Mapping[str, Any], prefix: str = "") -> T:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
+    known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]  # a dataclass, checked by callers
     unknown = sorted(set(raw) - known)
     if unknown:
         named = [prefix + k + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, n=1))
@@ -116,7 +116,7 @@ def from_dict(cls: type[T], raw: Mapping[str, Any], prefix: str = "") -> T:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):
         return from_dict(hint, value if value is not None else {}, key + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

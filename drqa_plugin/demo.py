@@ -110,13 +110,13 @@ def restorations(scale: int) -> dict[str, Callable[[Image.Image, Image.Image, Im
 
     return {
         "pristine (perfect)": lambda low, ref, gt: gt,
-        "lanczos x%d" % scale: up(Image.LANCZOS),
-        "bicubic x%d" % scale: up(Image.BICUBIC),
-        "bicubic + unsharp": lambda low, ref, gt: _resize(low, gt.size, Image.BICUBIC).filter(
+        "lanczos x%d" % scale: up(Image.Resampling.LANCZOS),
+        "bicubic x%d" % scale: up(Image.Resampling.BICUBIC),
+        "bicubic + unsharp": lambda low, ref, gt: _resize(low, gt.size, Image.Resampling.BICUBIC).filter(
             ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2)),
-        "bilinear x%d" % scale: up(Image.BILINEAR),
-        "nearest x%d" % scale: up(Image.NEAREST),
-        "box blur of bicubic": lambda low, ref, gt: _resize(low, gt.size, Image.BICUBIC).filter(
+        "bilinear x%d" % scale: up(Image.Resampling.BILINEAR),
+        "nearest x%d" % scale: up(Image.Resampling.NEAREST),
+        "box blur of bicubic": lambda low, ref, gt: _resize(low, gt.size, Image.Resampling.BICUBIC).filter(
             ImageFilter.BoxBlur(2)),
     }
 
@@ -128,7 +128,7 @@ def held_out_photos(n: int) -> list[tuple[str, np.ndarray]]:
 
     data_cfg = load_config(DEMO_CONFIG).data
     val = build_dataset(data_cfg, "val")
-    return [(p.name, read_rgb(p.path)) for p in list(val.photos)[:n]]
+    return [(p.name, read_rgb(p.path)) for p in list(getattr(val, "photos"))[:n]]  # noqa: B009  (SyntheticPairs)
 
 
 def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
@@ -153,12 +153,12 @@ def score_table(cfg: DemoConfig, weights: Path) -> str:
     scorer = DRIQA(weights, preprocess="tiles", tile_size=train_crop)
     methods = restorations(cfg.scale)
     photos = held_out_photos(cfg.photos)
-    dr = {m: [] for m in methods}
-    fr = {m: [] for m in methods}
+    dr: dict[str, list[float]] = {m: [] for m in methods}
+    fr: dict[str, list[float]] = {m: [] for m in methods}
     for _, rgb in photos:
         gt = _pil(_center_crop(rgb, cfg.crop))
-        low = _jpeg(_resize(gt, (cfg.crop // cfg.scale,) * 2, Image.BOX), quality=60)
-        ref = _resize(low, gt.size, Image.BICUBIC)  # the degraded reference: what the restorer was given
+        low = _jpeg(_resize(gt, (cfg.crop // cfg.scale,) * 2, Image.Resampling.BOX), quality=60)
+        ref = _resize(low, gt.size, Image.Resampling.BICUBIC)  # the degraded reference: what the restorer was given
         outs = {m: f(low, ref, gt) for m, f in methods.items()}
         restored = torch.stack([_to_tensor(o) for o in outs.values()])
         scores = scorer(list(restored), [_to_tensor(ref)] * len(outs))
@@ -172,7 +172,7 @@ def score_table(cfg: DemoConfig, weights: Path) -> str:
     lines = [head, "-" * len(head)]
     for m in sorted(methods, key=lambda k: -np.mean(dr[k])):
         lines.append(f"{m:<{width}}" + "".join(f"{s:12.4f}" for s in dr[m]) + f"{np.mean(dr[m]):10.4f}{np.mean(fr[m]):11.4f}")
-    rank = srcc([np.mean(dr[m]) for m in methods], [np.mean(fr[m]) for m in methods])
+    rank = srcc([float(np.mean(dr[m])) for m in methods], [float(np.mean(fr[m])) for m in methods])
     lines.append(f"\nDR score = the trained model's degraded-reference score of each restoration, given only the "
                  f"degraded input (x{cfg.scale} down, JPEG q60, bicubic up) as reference; higher is better.")
     lines.append(f"SSIM (FR) = full-reference SSIM against the pristine crop, the kind of label the demo trained on. "

@@ -151,7 +151,7 @@ class DRIQALoss(nn.Module):
             preprocess=preprocess,  # type: ignore[arg-type]
             reference_interpolation=reference_interpolation,
             tile_size=tile_size,
-            precision=precision,  # type: ignore[arg-type]  (normalised to its canonical name)
+            precision=precision_name(resolve_dtype(precision)),
             channels_last=channels_last,
         )
         source = resolve_network(weights)
@@ -201,7 +201,8 @@ class DRIQALoss(nn.Module):
         preprocess_cfg = self.pretrained_cfg.preprocess
         if self.cfg.preprocess == "none":
             # Not prepare_pair: a loss must work on patches of any size.
-            degraded = match_reference_size(degraded, tuple(restored.shape[-2:]), self.cfg.reference_interpolation)
+            size = (restored.shape[-2], restored.shape[-1])
+            degraded = match_reference_size(degraded, size, self.cfg.reference_interpolation)
             return normalize(restored, preprocess_cfg), normalize(degraded, preprocess_cfg), 1
         x, y = prepare_pair(restored, degraded, self.cfg.preprocess, preprocess_cfg, self.cfg.reference_interpolation)
         if self.cfg.preprocess == "tiles":

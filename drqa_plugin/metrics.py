@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import ClassVar, Union
 
 import numpy as np
 
 from drqa_plugin.errors import DataError
+
+#: Predictions or targets: any 1-D sequence of numbers (lists, NumPy arrays, ...).
+Values = Union[Sequence[float], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Correlations:
         return "\n".join(lines)
 
 
-def _as_arrays(preds: Sequence[float], targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(preds: Values, targets: Values) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(preds, dtype=np.float64).reshape(-1)
     t = np.asarray(targets, dtype=np.float64).reshape(-1)
     if p.shape != t.shape:
@@ -91,7 +94,7 @@ def rankdata(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def plcc(preds: Sequence[float], targets: Sequence[float]) -> float:
+def plcc(preds: Values, targets: Values) -> float:
     p, t = _as_arrays(preds, targets)
     special = _degenerate(p, t)
     if special is not None:
@@ -100,7 +103,7 @@ def plcc(preds: Sequence[float], targets: Sequence[float]) -> float:
     return float(np.clip((p @ t) / math.sqrt((p @ p) * (t @ t)), -1.0, 1.0))
 
 
-def srcc(preds: Sequence[float], targets: Sequence[float]) -> float:
+def srcc(preds: Values, targets: Values) -> float:
     p, t = _as_arrays(preds, targets)
     special = _degenerate(p, t)
     if special is not None:
@@ -108,7 +111,7 @@ def srcc(preds: Sequence[float], targets: Sequence[float]) -> float:
     return plcc(rankdata(p), rankdata(t))
 
 
-def krcc(preds: Sequence[float], targets: Sequence[float]) -> float:
+def krcc(preds: Values, targets: Values) -> float:
     p, t = _as_arrays(preds, targets)
     special = _degenerate(p, t)
     if special is not None:
@@ -122,8 +125,8 @@ def krcc(preds: Sequence[float], targets: Sequence[float]) -> float:
 
 
 def correlate(
-    preds: Sequence[float],
-    targets: Sequence[float],
+    preds: Values,
+    targets: Values,
     groups: Sequence[Hashable] | None = None,
     min_group_size: int = 3,
 ) -> Correlations:

@@ -194,7 +194,7 @@ def prepare_pair(
         raise ImageInputError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
     if restored.shape[0] != degraded.shape[0]:
         raise ImageInputError(f"{restored.shape[0]} restored vs {degraded.shape[0]} degraded images")
-    degraded = match_reference_size(degraded, tuple(restored.shape[-2:]), reference_interpolation)
+    degraded = match_reference_size(degraded, (restored.shape[-2], restored.shape[-1]), reference_interpolation)
     if mode == "ckdn":
         restored = center_crop(resize_shorter(restored, cfg.resize_shorter, cfg.restored_interpolation), cfg.crop)
         degraded = center_crop(resize_shorter(degraded, cfg.resize_shorter, cfg.reference_interpolation), cfg.crop)

@@ -58,5 +58,5 @@ def create_model(name: str = DEFAULT_ARCH) -> nn.Module:
     """A freshly initialised network of a named variant (on CPU, fp32, eval mode)."""
     variant = get_variant(name)
     model = variant.build()
-    model.pretrained_cfg = variant.pretrained
+    setattr(model, "pretrained_cfg", variant.pretrained)  # noqa: B010  (nn.Module's typing knows only tensors)
     return model.eval()

@@ -112,11 +112,10 @@ class DRIQA:
             )
         self.model = frozen_inference_copy(model, dtype=self.dtype, device=self.device, differentiable=False)
 
-
     @torch.inference_mode()
     def __call__(self, restored: ImageLike | Sequence[ImageLike], degraded: ImageLike | Sequence[ImageLike]) -> Tensor:
         """Scores of N pairs as a float32 CPU tensor of shape (N,)."""
-        if _is_batch_tensor(restored) and _is_batch_tensor(degraded):
+        if isinstance(restored, Tensor) and isinstance(degraded, Tensor) and restored.ndim == degraded.ndim == 4:
             return self._score_tensors(restored, degraded)
         restored_items, degraded_items = _as_items(restored), _as_items(degraded)
         if len(restored_items) != len(degraded_items):
@@ -188,10 +187,6 @@ class DRIQA:
             f"DRIQA(preprocess={self.preprocess!r}, device={self.device}, dtype={self.dtype}, "
             f"chunk_size={self.chunk_size}, provenance={self.pretrained_cfg.provenance!r})"
         )
-
-
-def _is_batch_tensor(images: object) -> bool:
-    return isinstance(images, Tensor) and images.ndim == 4
 
 
 def _as_items(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -63,7 +64,7 @@ def save_weights(
     arch: str = DEFAULT_ARCH,
     pretrained: PretrainedConfig | None = None,
     extra_metadata: Mapping[str, str] | None = None,
-    **overrides: str,
+    **overrides: Any,
 ) -> Path:
     """Write a state dict atomically (temp file + rename) as our safetensors format.
 
@@ -97,7 +98,7 @@ def save_weights(
     return path
 
 
-def save_model(model: nn.Module, path: PathLike, **overrides: str) -> Path:
+def save_model(model: nn.Module, path: PathLike, **overrides: Any) -> Path:
     """Save a model built by :func:`create_model`/:func:`load_model`, keeping its pretrained config."""
     arch = getattr(model, "arch_name", DEFAULT_ARCH)
     cfg = getattr(model, "pretrained_cfg", None) or get_variant(arch).pretrained
@@ -198,7 +199,7 @@ def load_model(
         raise WeightsError(f"{path}: architecture {arch!r} is not known to this drqa-plugin") from exc
     check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors)
-    model.pretrained_cfg = pretrained_config_from_metadata(meta)
+    setattr(model, "pretrained_cfg", pretrained_config_from_metadata(meta))  # noqa: B010
     return model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else None).eval()
 
 

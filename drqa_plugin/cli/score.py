@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     if rows:
-        mean = sum(r["score"] for r in rows) / len(rows)
+        mean = float(np.nanmean(scores))
         print(f"scored {len(rows)} pair(s), mean {mean:.4f} (higher is better)" + (f" -> {args.out}" if args.out else ""))
     return 1 if errors else 0
 

@@ -121,6 +121,7 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.kind == "pipal":
+        assert cfg.root is not None and cfg.list_file is not None  # DataConfig refuses pipal without them
         if cfg.val_list_file is not None:
             list_file, part = (cfg.list_file if split == "train" else cfg.val_list_file), None
         else:

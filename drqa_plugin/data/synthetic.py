@@ -58,7 +58,9 @@ def _jpeg(x: FloatImage, quality: int) -> FloatImage:
     ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:  # pragma: no cover - cv2 always encodes valid uint8 arrays
         raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    assert decoded is not None  # we just encoded it
+    return decoded[..., ::-1].astype(np.float32) / 255.0
 
 
 def degrade(pristine: FloatImage, cfg: DegradationConfig, rng: np.random.Generator) -> tuple[FloatImage, FloatImage]:

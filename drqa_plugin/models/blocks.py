@@ -26,7 +26,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
+        self.downsample: nn.Sequential | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
@@ -61,29 +61,35 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             continue
         for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
             conv, bn = getattr(block, conv_name), getattr(block, bn_name)
+            assert isinstance(conv, nn.Conv2d)
             if isinstance(bn, nn.BatchNorm2d):  # already folded blocks are left alone
                 setattr(block, conv_name, _fused_conv(conv, bn))
                 setattr(block, bn_name, nn.Identity())
         if block.downsample is not None and isinstance(block.downsample[1], nn.BatchNorm2d):
             conv, bn = block.downsample[0], block.downsample[1]
+            assert isinstance(conv, nn.Conv2d)
             block.downsample = nn.Sequential(_fused_conv(conv, bn), nn.Identity())
     return module
 
 
 @torch.no_grad()
 def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
+    scale = bn.weight / torch.sqrt(var + bn.eps)
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
+        conv.kernel_size,  # type: ignore[arg-type]  # a 2-tuple for Conv2d
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
         bias=True,
     ).to(device=conv.weight.device, dtype=conv.weight.dtype)
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    assert fused.bias is not None
+    fused.bias.copy_(bn.bias + (conv_bias - mean) * scale)
     return fused
 
 
@@ -114,7 +120,7 @@ class FusedBottleneck(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self._conv(x, self.downsample[0], "none")
+        identity = x if self.downsample is None else self._conv(x, self.downsample[0], "none")  # type: ignore[arg-type]
         out = self._conv(self._conv(x, self.conv1, "relu"), self.conv2, "relu")
         return torch.ops.mkldnn._convolution_pointwise.binary(
             out, identity, self.conv3.weight, self.conv3.bias, [0, 0], [1, 1], [1, 1], 1, "add", None, "relu", [], ""

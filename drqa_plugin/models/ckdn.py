@@ -123,7 +123,9 @@ class CKDN(nn.Module):
     @staticmethod
     def _head_score(pooled: Tensor, head: nn.Sequential) -> Tensor:
         # The head may be kept in fp32 while the convolutional trunk runs in bf16.
-        return torch.sigmoid(head(pooled.to(head[0].weight.dtype))).squeeze(1)
+        first = head[0]
+        assert isinstance(first, nn.Linear)
+        return torch.sigmoid(head(pooled.to(first.weight.dtype))).squeeze(1)
 
     def compare(self, restored_features: Tensor, reference_features: Tensor) -> Tensor:
         """Score restored-encoder features against reference-encoder features."""
@@ -180,12 +182,13 @@ class CKDN(nn.Module):
         if need_r2:
             nr = self._pool_score(self.nr_comparator(r1 - r2), self.nr_head)
         if "gap" in paths:
+            assert d is not None and p is not None  # computed above whenever "gap" is asked for
             gap = (d - p).pow(2).mean(dim=(1, 2, 3))
         return TrainOutputs(dr=dr, fr=fr, nr=nr, feature_gap=gap)
 
 
 def frozen_inference_copy(
-    model: CKDN,
+    model: nn.Module,
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -200,6 +203,7 @@ def frozen_inference_copy(
     The caller's model is never modified.
     """
     net = fold_batchnorm(copy.deepcopy(model).float().eval())
+    assert isinstance(net, CKDN), f"expected a CKDN network, got {type(net).__name__}"
     if device is not None:
         net = net.to(device)
     if channels_last:

@@ -86,7 +86,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         return None
     if resume == "latest":
         found = list_checkpoints(output_dir)
-        damaged = []
+        damaged: list[str] = []
         for folder in reversed(found):
             problem = verify_checkpoint(folder)
             if problem is None:

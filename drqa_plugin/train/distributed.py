@@ -118,7 +118,7 @@ def state_fingerprint(model: nn.Module) -> str:
 def check_launch(accelerator: Accelerator, train_loader: DataLoader, cfg: TrainConfig) -> None:
     if len(train_loader) == 0:
         raise TrainingError(
-            f"no full training batch per process: {len(train_loader.dataset)} samples, batch_size "
+            f"no full training batch per process: {len(train_loader.dataset)} samples, batch_size "  # type: ignore[arg-type]
             f"{cfg.loader.batch_size} x {accelerator.num_processes} processes (drop_last); use more data or a smaller batch"
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))

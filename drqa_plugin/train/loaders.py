@@ -26,7 +26,7 @@ class FixedSamples(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # map-style datasets are sized
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[index]
@@ -35,12 +35,12 @@ class FixedSamples(Dataset):
 def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
     train_set = build_dataset(cfg.data, split="train")
     val_set = FixedSamples(build_dataset(cfg.data, split="val"))
-    if len(train_set) == 0:
+    if len(train_set) == 0:  # type: ignore[arg-type]  # map-style datasets are sized
         raise TrainingError(f"the training data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
     if len(val_set) == 0:
         raise TrainingError(f"the validation data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
     lc = cfg.loader
-    common = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    common: dict[str, Any] = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
     train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
     val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
     return train_set, val_set, train, val

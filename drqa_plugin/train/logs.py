@@ -11,6 +11,9 @@ from typing import Any
 COLUMNS = (
     "split", "step", "epoch", "stage", "lr", "loss", "d1", "d2", "d3", "d4", "nonfinite_skipped",
     "srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n",
+    # gradient norm of the row's last optimiser step before / after clipping (when clipping is on;
+    # DeepSpeed reports only the first)
+    "grad_norm", "grad_norm_clipped",
 )
 
 

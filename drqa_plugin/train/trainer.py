@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from drqa_plugin.errors import TrainingError
+from drqa_plugin.pretrained import PreprocessConfig
 from drqa_plugin.registry import create_model
 from drqa_plugin.train.checkpoint import (
     TrainerState,
@@ -125,6 +126,9 @@ class Run:
     total_steps: int
     log: MetricsLog | None
     out: Path
+    # Observed in the last optimiser step / forward, for metrics.csv and summary.json:
+    grad_norms: tuple[float, float | None] | None = None  # gradient norm before, after clipping (None: not seen)
+    compute_dtype: str | None = None  # dtype the first convolution computed in while training (autocast shows here)
 
 
 @dataclass
@@ -168,7 +172,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
         if accelerator.device.type != "cuda":
             raise TrainingError("runtime.sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on CPU)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    preprocess = model.pretrained_cfg.preprocess
+    preprocess: PreprocessConfig = getattr(model, "pretrained_cfg").preprocess  # noqa: B009
     if cfg.model.channels_last and accelerator.distributed_type != DistributedType.DEEPSPEED:
         # DeepSpeed broadcasts parameters through a flat byte view, which channels-last weights do not
         # allow; there the inputs alone are channels-last (Normalizer), which makes oneDNN and cuDNN
@@ -194,10 +198,22 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
     log = MetricsLog(out, tensorboard=cfg.log.tensorboard, keep_until_step=state.step) if accelerator.is_main_process else None
     run = Run(cfg, accelerator, model, optimizer, train_loader, val_loader, train_set,
               Normalizer(preprocess, cfg.model.channels_last), state, total, log, out)
+    _record_compute_dtype(run)
     _print_header(run, steps_per_epoch, resume)
     t0 = time.perf_counter()
     final_eval = _loop(run)
     return _finish(run, final_eval, time.perf_counter() - t0)
+
+
+def _record_compute_dtype(run: Run) -> None:
+    """Keep the dtype the first convolution outputs in training forwards (Accelerate's or DeepSpeed's autocast)."""
+    conv = next(m for m in run.accelerator.unwrap_model(run.model).modules() if isinstance(m, nn.Conv2d))
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            run.compute_dtype = str(output.dtype)
+
+    conv.register_forward_hook(hook)
 
 
 def _claim_output_dir(accelerator: Accelerator, cfg: TrainConfig) -> None:
@@ -285,7 +301,7 @@ def _launch_kind(a: Accelerator) -> str:
 def _epoch_batches(run: Run, epoch: int) -> Iterator[dict[str, Any]]:
     if hasattr(run.train_set, "set_epoch"):
         run.train_set.set_epoch(epoch)  # fresh synthetic samples each epoch, same on every rank
-    run.train_loader.set_epoch(epoch)
+    run.train_loader.set_epoch(epoch)  # type: ignore[attr-defined]  # Accelerate's prepared loader
     loader = run.train_loader
     if run.state.batch_in_epoch:
         loader = run.accelerator.skip_first_batches(run.train_loader, run.state.batch_in_epoch)
@@ -362,12 +378,22 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
             return {}
         a.backward(loss.total)
         if a.sync_gradients and cfg.optim.clip_grad_norm and a.distributed_type != DistributedType.DEEPSPEED:
-            a.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_grad_norm)  # DeepSpeed clips by its config
+            before = a.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_grad_norm)  # DeepSpeed clips by its config
+            run.grad_norms = (float(before), _grad_norm(run.model))
+        elif a.sync_gradients and a.distributed_type == DistributedType.DEEPSPEED:
+            before = run.model.get_global_grad_norm()  # DeepSpeed stepped (and clipped) inside backward
+            run.grad_norms = None if before is None else (float(before), None)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     terms = {k: float(v) for k, v in loss.terms.items()}
     terms["loss"] = float(loss.total.detach())
     return terms
+
+
+def _grad_norm(model: nn.Module) -> float:
+    """The global L2 norm of the current gradients (after clipping, when called after it)."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 def _skip_nonfinite(run: Run, batch: Mapping[str, Any], stage: int, loss: StageLoss) -> None:
@@ -410,7 +436,12 @@ def _log_train(run: Run, bar: tqdm, progress: LoopProgress) -> None:
     progress.sums, progress.count = {}, 0
     if not a.is_main_process:
         return
+    assert run.log is not None  # the main process always has the log
     row = {k: v for k, v in zip(keys, mean) if k == "loss" or k in present}
+    if run.grad_norms is not None:  # of the last optimiser step (the same on every rank after the all-reduce)
+        row["grad_norm"] = run.grad_norms[0]
+        if run.grad_norms[1] is not None:
+            row["grad_norm_clipped"] = run.grad_norms[1]
     lr = max(g["lr"] for g in torch_optimizer(run.optimizer).param_groups)
     bar.set_postfix(stage=progress.stage, **{k: f"{v:.4f}" for k, v in row.items()})
     run.log.write({"split": "train", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage,
@@ -429,6 +460,7 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
         run.state.best_score, run.state.best_step = score, run.state.step
         _export(run, run.out / "model_best.safetensors", "best val SRCC+PLCC")
     if a.is_main_process:
+        assert run.log is not None  # the main process always has the log
         m = result.metrics
         run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m})
         summary = " ".join(f"{k}={m[k]:.3f}" for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
@@ -456,6 +488,20 @@ def _export(run: Run, path: Path, what: str) -> None:
                      license="same as the training data and code (MIT code; check the data's licence)")
 
 
+def _deepspeed_facts(run: Run) -> dict[str, Any] | None:
+    """What the DeepSpeed engine runs with ("auto" fields resolved), or None without DeepSpeed."""
+    if run.accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    engine = run.model
+    return {
+        "zero_stage": engine.zero_optimization_stage(),
+        "gradient_clipping": engine.gradient_clipping(),
+        "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
+        "train_batch_size": engine.train_batch_size(),
+        "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
+    }
+
+
 def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict[str, Any]:
     a, out = run.accelerator, run.out
     sync_buffers(a, run.model)
@@ -466,6 +512,8 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         "num_processes": a.num_processes,
         "mixed_precision": a.mixed_precision,
         "deepspeed_autocast": deepspeed_autocast(a),
+        "deepspeed": _deepspeed_facts(run),
+        "train_compute_dtype": run.compute_dtype,
         "steps": run.state.step,
         "epochs_completed": run.state.epoch,
         "nonfinite_skipped": run.state.nonfinite_skipped,
@@ -485,7 +533,8 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         if run.cfg.log.plots:
             write_plots(out, final_eval)
+        assert run.log is not None
         run.log.close()
     a.wait_for_everyone()
-    run.model = run.optimizer = None  # drop references before Accelerate tears down (see train())
+    run.model = run.optimizer = None  # type: ignore[assignment]  # drop references before Accelerate tears down
     return summary

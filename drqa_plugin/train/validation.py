@@ -60,8 +60,10 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
     if len(kept) < len(targets) and accelerator.is_main_process:
         tqdm.write(f"[drqa eval] {len(targets) - len(kept)} of {len(targets)} val samples have a non-finite "
                    "label and are left out of the correlations")
-    scores, targets, groups, names = ([v[i] for i in kept] for v in (scores, targets, groups, names))
-    return ValPredictions(correlate(scores, targets, groups), scores, targets, groups, names)
+    kept_scores, kept_targets = [scores[i] for i in kept], [targets[i] for i in kept]
+    kept_groups, kept_names = [groups[i] for i in kept], [names[i] for i in kept]
+    return ValPredictions(correlate(kept_scores, kept_targets, kept_groups), kept_scores, kept_targets, kept_groups,
+                          kept_names)
 
 
 def write_predictions(path: Path, result: ValPredictions) -> None:
