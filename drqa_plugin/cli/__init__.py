@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drqa", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"drqa-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (weights, convert, info, score, eval_cmd, __import__("drqa_plugin.cli.validate", fromlist=["run"])):
+    for module in (weights, convert, info, score, eval_cmd):
         module.register(sub)
     return parser
 
