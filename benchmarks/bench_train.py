@@ -6,7 +6,11 @@ Measures, at 288 px crops (the paper's) and the paper's per-process batch of 8:
 * achieved FLOP/s of the step (forward + backward FLOPs counted by torch's FlopCounterMode)
   against the machine's measured matmul peak in the same dtype (target: >= 40 %);
 * the throughput of 2 DDP processes (1 thread each, real `accelerate launch`, gloo) against
-  1 process using all threads.
+  1 process using all threads;
+* ``--launchers``: the real trainer (``python -m drqa_plugin.train``, synthetic data, stage 2)
+  under the shipped ``cpu_2proc`` (DDP) and ``deepspeed_zero2`` launchers, with
+  ``model.channels_last`` on and off: seconds per optimiser step from the difference of a
+  2N- and an N-step run (start-up and the final evaluation cancel out).
 
 Timings are only meaningful on a quiet machine: other jobs on the same cores distort them.
 
@@ -170,6 +174,43 @@ def ddp_scaling(args: argparse.Namespace) -> dict:
     return {"runs": results, "ratio_2_over_1": ratio}
 
 
+def launcher_matrix(args: argparse.Namespace) -> dict:
+    """s/step of the shipped trainer per (launcher, channels_last), 2 CPU processes."""
+    results: dict[str, float] = {}
+    base = ["--config", "recipes/configs/test_tiny.yaml", f"data.crop={args.crop}", f"loader.batch_size={args.batch}",
+            "schedule.unit=step", "schedule.stage2_start=0", "schedule.eval_every_epochs=1000", "checkpoint_every=0",
+            "data.num_samples=4096", "data.val_samples=4", "log.progress=false", "overwrite=true"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for launcher in ("cpu_2proc", "deepspeed_zero2"):
+            for channels_last in (True, False):
+                seconds = {}
+                for steps in (args.launch_steps, 2 * args.launch_steps):
+                    out = Path(tmp) / f"{launcher}_{channels_last}_{steps}"
+                    with socket.socket() as sock:
+                        sock.bind(("127.0.0.1", 0))
+                        port = sock.getsockname()[1]
+                    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+                    env["OMP_NUM_THREADS"] = "1"
+                    if launcher == "cpu_2proc":
+                        env["ACCELERATE_USE_CPU"] = "1"
+                    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                           f"recipes/accelerate/{launcher}.yaml", "--num_processes", "2", "--main_process_port",
+                           str(port), "-m", "drqa_plugin.train", *base, f"max_steps={steps}", f"output_dir={out}",
+                           f"model.channels_last={str(channels_last).lower()}"]
+                    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                    seconds[steps] = json.loads((out / "summary.json").read_text())["seconds"]
+                per_step = (seconds[2 * args.launch_steps] - seconds[args.launch_steps]) / args.launch_steps
+                key = f"{launcher} channels_last={channels_last}"
+                results[key] = per_step
+                print(f"  {key}: {per_step:.3f} s/step ({2 * args.batch / per_step:.2f} samples/s in total)",
+                      flush=True)
+    for launcher in ("cpu_2proc", "deepspeed_zero2"):
+        on, off = results[f"{launcher} channels_last=True"], results[f"{launcher} channels_last=False"]
+        print(f"  {launcher}: channels_last speed-up {off / on:.2f}x", flush=True)
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--crop", type=int, default=288)
@@ -177,6 +218,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per case (after one warm-up step)")
     p.add_argument("--scaling-dtype", default="bf16", choices=sorted(DTYPES), dest="scaling_dtype")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--launchers", action="store_true", help="only the trainer under DDP and ZeRO-2, channels-last on/off")
+    p.add_argument("--launch-steps", type=int, default=4, dest="launch_steps")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -186,6 +229,12 @@ def main() -> None:
         return worker(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine_description()}")
+    if args.launchers:
+        print(f"shipped trainer, 2 CPU processes, {args.crop} px, batch {args.batch} per process, stage 2:", flush=True)
+        results = {"machine": machine_description(), "launchers": launcher_matrix(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return
     print(f"training step, {args.crop} px, batch {args.batch} per process, device {device}:", flush=True)
     results = {"machine": machine_description(), "crop": args.crop, "batch": args.batch, "single": single_process(args, device)}
     best = max(results["single"], key=lambda r: r["fraction_of_peak"])
