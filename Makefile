@@ -21,13 +21,18 @@ $(VENV)/.base: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q -e '.[train,test,lightning]'
+	# traiNNer-redux is a clone, not a package (tests use the snapshot in ../shared/vendor); its PyPI deps:
+	$(BIN)/pip install -q antialiased_cnns ema-pytorch msgspec 'pytorch-optimizer>=3.4.2' 'pyvips>=2.2.3' \
+		'pyvips-binary>=8.16.0' timm 'spandrel-extra-arches>=0.2.0' rich requests
 	# basicsr 1.4.2 lists torch in setup_requires: build it against our torch.
 	$(BIN)/pip install -q --no-build-isolation 'basicsr==1.4.2'
 	# pyiqa is only a test reference for parity; its full dependency tree is not needed.
 	$(BIN)/pip install -q --no-deps 'pyiqa==0.1.16'
 	# Real-ESRGAN's model classes (pure Python; its face-restoration extras are not needed).
 	$(BIN)/pip install -q --no-deps 'realesrgan==0.3.0'
+	# The learned labeller (ST-LPIPS, weights BSD-2 inside the wheel); it declares no usable deps.
+	$(BIN)/pip install -q --no-deps 'stlpips-pytorch==0.0.2'
 	touch $@
 
 install: $(VENV)/.base

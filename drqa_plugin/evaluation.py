@@ -47,6 +47,7 @@ class EvalPair:
     group: str
     line: int  # line of the list file, for error messages
     method: str = ""  # restoration method, when the list names it
+    pristine: Path | None = None  # the pristine image, when the list names it (for the labeller baseline)
 
 
 def _first_line(path: Path) -> str:
@@ -83,7 +84,9 @@ def _read_csv(path: Path, root: Path) -> list[EvalPair]:
                 raise DataError(f"{path}:{line}: mos must be finite, got {row['mos']!r}")
             group = (row.get("group") or "").strip() or degraded
             method = (row.get("method") or "").strip()
-            pairs.append(EvalPair(root / restored, root / degraded, mos, group, line, method))
+            pristine = (row.get("pristine") or "").strip()
+            pairs.append(EvalPair(root / restored, root / degraded, mos, group, line, method,
+                                  root / pristine if pristine else None))
     if not pairs:
         raise DataError(f"list file {str(path)!r} has no pairs")
     return pairs

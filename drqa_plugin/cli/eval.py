@@ -7,8 +7,14 @@ Two list formats are read (detected from the first line):
   scene (A0001). Names containing _06_ are skipped as in the official code
   (--drop-pattern '' keeps them).
 
-  CSV with a header restored,degraded,mos[,group][,method] (any column order);
-  paths relative to ROOT; without a group column pairs are grouped by degraded image.
+  CSV with a header restored,degraded,mos[,group][,method][,pristine] (any column
+  order); paths relative to ROOT; without a group column pairs are grouped by
+  degraded image. `drqa data build` writes such lists (train.csv, val.csv).
+
+Next to the model, the rows a sceptic asks for, on the same pairs: the method
+prior (mean label of the same method in the other groups; when the list names
+methods), PSNR of the output against its upsampled input, and with --labeller
+and a pristine column the full-reference labeller itself (the ceiling).
 
 ROOT defaults to the list file's folder.
 """
@@ -44,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="PIPAL layout: degraded name = prefix + restored name")
     parser.add_argument("--drop-pattern", default="_06_",
                         help="PIPAL layout: skip names containing this ('' keeps all)")
+    parser.add_argument("--labeller", action="append", default=None, metavar="NAME",
+                        help="also score the pristine column with this FR labeller (the ceiling row; repeatable)")
+    parser.add_argument("--no-baselines", action="store_true", help="only the model's row")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -75,10 +84,26 @@ def run(args: argparse.Namespace) -> int:
     result = correlate(preds[ok], [p.mos for p in kept], [p.group for p in kept], args.min_group_size)
     print(f"weights: {args.weights} ({scorer.pretrained_cfg.provenance})")
     print(f"list: {args.list_file}  preprocess: {args.preprocess}  pairs scored: {result.n}/{len(pairs)}")
-    print(result.format())
+    if args.no_baselines:
+        print(result.format())
+    else:
+        print(_table_with_baselines(kept, preds[ok], args))
     if args.out:
         print(f"predictions: {args.out}")
     if errors:
         print(f"drqa eval: {len(errors)} pair(s) could not be read; metrics cover the rest", file=sys.stderr)
         return 1
     return 0
+
+
+def _table_with_baselines(pairs: list, preds: np.ndarray, args: argparse.Namespace) -> str:
+    """The model's row, then the method prior, PSNR vs input and (with --labeller) the labeller."""
+    from drqa_plugin.baselines import compute_baselines, format_table, score_rows
+
+    pristine = [p.pristine for p in pairs]
+    labeller = args.labeller if args.labeller and all(p is not None for p in pristine) else None
+    if args.labeller and labeller is None:
+        print("drqa eval: --labeller needs a pristine column in the list; the labeller row is left out", file=sys.stderr)
+    rows = {"model": preds, **compute_baselines(pairs, pristine=pristine if labeller else None, labeller=labeller)}
+    table = score_rows([p.mos for p in pairs], [p.group for p in pairs], rows, args.min_group_size)
+    return format_table(table)

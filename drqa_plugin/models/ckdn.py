@@ -212,7 +212,7 @@ def frozen_inference_copy(
         getattr(net, name).to(dtype)
     if not differentiable and next(net.parameters()).device.type == "cpu":
         fuse_bottlenecks_for_cpu(net)
-    return net.requires_grad_(False)
+    return net.eval().requires_grad_(False)  # eval again: the folded convs are new modules
 
 
 register_variant(

@@ -1,0 +1,272 @@
+"""Baselines a DR-IQA model must beat, computed on the same pairs as the model.
+
+Each baseline is a vector of predictions (higher = better) that
+``drqa_plugin.metrics`` turns into the same global / grouped SRCC, PLCC, KRCC
+rows as a model's scores:
+
+* ``method prior (LOSO)``: the mean label of the same restoration method in the
+  *other* scenes (leave one scene out). It needs only the method name, and it
+  is what "knowing each method's average quality" is worth; a model that does
+  not beat it has learned nothing about the images themselves.
+* ``PSNR vs input``: PSNR of the restored image against its degraded input
+  brought to the restored size (bicubic). No training, no pristine: how far the
+  output strays from its input.
+* ``labeller`` (the ceiling): a full-reference labeller against the pristine
+  image, where the pristine is available. With the labeller that made the labels
+  this is 1.0 by construction; with another one it measures how much the two
+  full-reference metrics agree.
+
+Example::
+
+    from drqa_plugin.baselines import compute_baselines, format_table, score_rows
+    baselines = compute_baselines(pairs, pristine=pristine_paths, labeller="stlpips_alex")
+    rows = score_rows(targets, groups, {"model": preds, **baselines})
+    print(format_table(rows))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from drqa_plugin.data.photos import DataError, read_rgb
+from drqa_plugin.metrics import Values, correlate
+
+PSNR_CAP = 100.0  # dB for identical images, so every prediction is finite
+
+METHOD_PRIOR = "method prior (LOSO)"
+PSNR_VS_INPUT = "PSNR vs input"
+
+ImageLike = Any  # a path, or a uint8 HWC / float [0, 1] HWC array
+
+
+def method_prior(methods: Sequence[Hashable], targets: Values, scenes: Sequence[Hashable]) -> np.ndarray:
+    """Leave-one-scene-out mean target of each pair's method.
+
+    For pair ``i``: the mean of ``targets[j]`` over pairs ``j`` with
+    ``methods[j] == methods[i]`` and ``scenes[j] != scenes[i]``. A method seen in no
+    other scene falls back to the mean target of all pairs of the other scenes, and
+    with a single scene to the mean of all targets (so the prediction is constant and
+    carries no information, as it should).
+    """
+    m, s = list(methods), list(scenes)
+    t = np.asarray(targets, dtype=np.float64).reshape(-1)
+    if not (len(m) == len(s) == t.size):
+        raise DataError(f"methods ({len(m)}), targets ({t.size}) and scenes ({len(s)}) differ in length")
+    if t.size == 0:
+        raise DataError("method prior of an empty set of pairs")
+    if not np.isfinite(t).all():
+        raise DataError("targets must be finite (found NaN or inf)")
+    if any(x is None or x == "" for x in m):
+        raise DataError("every pair needs a method name for the method prior (found an empty one)")
+    # Sums per (method, scene) and per scene, so the prior is O(n).
+    by_ms: dict[Any, list[float]] = {}
+    by_m: dict[Any, list[float]] = {}
+    by_s: dict[Any, list[float]] = {}
+    for mi, si, ti in zip(m, s, t):
+        for table, key in ((by_ms, (mi, si)), (by_m, mi), (by_s, si)):
+            acc = table.setdefault(key, [0.0, 0])
+            acc[0] += ti
+            acc[1] += 1
+    total, count = float(t.sum()), t.size
+    out = np.empty(t.size)
+    for i, (mi, si) in enumerate(zip(m, s)):
+        m_sum, m_n = by_m[mi]
+        own_sum, own_n = by_ms[(mi, si)]
+        if m_n - own_n > 0:
+            out[i] = (m_sum - own_sum) / (m_n - own_n)
+            continue
+        s_sum, s_n = by_s[si]
+        out[i] = (total - s_sum) / (count - s_n) if count - s_n > 0 else total / count
+    return out
+
+
+def _as_float(image: ImageLike) -> np.ndarray:
+    """float64 HWC RGB in [0, 1] from a path or an array (uint8, or float in [0, 1])."""
+    if isinstance(image, (str, os.PathLike)):
+        array = read_rgb(image)
+    else:
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DataError(f"expected an HWC image, got shape {array.shape}")
+    array = array[..., :3] if array.shape[2] != 1 else np.repeat(array, 3, axis=2)
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise DataError("float images must be finite and in [0, 1]")
+    return array
+
+
+def _resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of a float HWC image (torch, no antialias), clipped to [0, 1]."""
+    if image.shape[:2] == size:
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    out = F.interpolate(t, size=size, mode="bicubic", align_corners=False)
+    return out[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two float images in [0, 1] (capped at PSNR_CAP for identical images)."""
+    if a.shape != b.shape:
+        raise DataError(f"PSNR of images of different shapes {a.shape} and {b.shape}")
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else -10.0 * math.log10(mse)
+
+
+def psnr_vs_input(restored: Sequence[ImageLike], degraded: Sequence[ImageLike]) -> np.ndarray:
+    """PSNR of each restored image against its degraded input, resized (bicubic) to its size.
+
+    The degraded image must have the restored image's aspect ratio (an SR input is
+    1/s of the output). Paths or arrays (uint8 or float in [0, 1], HWC RGB).
+    """
+    if len(restored) != len(degraded):
+        raise DataError(f"restored ({len(restored)}) and degraded ({len(degraded)}) differ in length")
+    out = np.empty(len(restored))
+    for i, (r, d) in enumerate(zip(restored, degraded)):
+        r_img, d_img = _as_float(r), _as_float(d)
+        (rh, rw), (dh, dw) = r_img.shape[:2], d_img.shape[:2]
+        if abs(rh * dw / rw - dh) > 1.0:  # the height the width's scale predicts, within a pixel
+            raise DataError(f"pair {i}: degraded {dw}x{dh} does not have the aspect ratio of restored {rw}x{rh}")
+        out[i] = psnr(r_img, _resize_to(d_img, (rh, rw)))
+    return out
+
+
+def labeller_scores(restored: Sequence[ImageLike], pristine: Sequence[ImageLike], labeller: str | Any,
+                    batch_size: int = 4) -> np.ndarray:
+    """A full-reference labeller (name or callable) of each restored image against its pristine."""
+    from drqa_plugin.data.labellers import get_labeller
+
+    if len(restored) != len(pristine):
+        raise DataError(f"restored ({len(restored)}) and pristine ({len(pristine)}) differ in length")
+    if isinstance(labeller, str):
+        try:
+            fn = get_labeller(labeller)
+        except (ValueError, ImportError) as exc:
+            raise DataError(f"labeller {labeller!r}: {exc}") from None
+    else:
+        fn = labeller
+    out = np.empty(len(restored))
+    for i in range(len(restored)):  # one pair at a time: sizes may differ between pairs
+        r, p = _as_float(restored[i]), _as_float(pristine[i])
+        if r.shape != p.shape:
+            raise DataError(f"pair {i}: restored {r.shape[1]}x{r.shape[0]} and pristine {p.shape[1]}x{p.shape[0]} differ in size")
+        tr = torch.from_numpy(r.transpose(2, 0, 1).astype(np.float32))[None]
+        tp = torch.from_numpy(p.transpose(2, 0, 1).astype(np.float32))[None]
+        with torch.no_grad():
+            out[i] = float(fn(tr, tp).reshape(-1)[0])
+    return out
+
+
+def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | None = None,
+                      scenes: Sequence[Hashable] | None = None, pristine: Sequence[ImageLike] | None = None,
+                      labeller: str | Iterable[str] | None = None, psnr_input: bool = True) -> dict[str, np.ndarray]:
+    """Baseline predictions for labelled pairs (e.g. ``drqa_plugin.evaluation.EvalPair``).
+
+    ``pairs`` have ``restored``, ``degraded`` (paths or arrays), ``mos`` and ``group``;
+    ``methods`` default to each pair's ``method`` attribute (the method prior is left out
+    when no pair has one), ``scenes`` (what the prior leaves out) to the groups. The
+    labeller rows need ``pristine`` (aligned with ``pairs``) and ``labeller`` (one name
+    or several). Returns ``{row name: predictions}`` in a fixed order.
+    """
+    if not pairs:
+        raise DataError("no pairs to compute baselines on")
+    targets = [float(p.mos) for p in pairs]
+    if methods is None:
+        found = [getattr(p, "method", "") or "" for p in pairs]
+        methods = found if all(found) else None
+        if any(found) and not all(found):
+            raise DataError(f"{sum(not m for m in found)} of {len(found)} pairs have no method; "
+                            "the method prior needs all of them")
+    if scenes is None:
+        scenes = [p.group for p in pairs]
+    out: dict[str, np.ndarray] = {}
+    if methods is not None:
+        out[METHOD_PRIOR] = method_prior(methods, targets, scenes)
+    if psnr_input:
+        out[PSNR_VS_INPUT] = psnr_vs_input([p.restored for p in pairs], [p.degraded for p in pairs])
+    if labeller is not None:
+        if pristine is None:
+            raise DataError("the labeller baseline needs the pristine images")
+        for name in ([labeller] if isinstance(labeller, str) else list(labeller)):
+            out[f"labeller {name}"] = labeller_scores([p.restored for p in pairs], pristine, name)
+    return out
+
+
+def score_rows(targets: Sequence[float], groups: Sequence[Hashable] | None,
+               predictions: Mapping[str, Values], min_group_size: int = 3) -> list[tuple[str, Any]]:
+    """``[(row name, Correlations)]`` for every prediction vector, on the same targets and groups."""
+    rows = []
+    for name, preds in predictions.items():
+        rows.append((name, correlate(preds, targets, groups, min_group_size)))
+    return rows
+
+
+def format_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> str:
+    """An aligned text table: one line per row (model first if it is first), global and grouped columns."""
+    width = max([len("row")] + [len(name) for name, _ in rows])
+    head = (f"{'':{width}}  {'global':^23}  {'grouped (per input)':^23}\n"
+            f"{'row':{width}}  {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}  {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}  "
+            f"{'n':>6} {'groups':>6}")
+    lines = ([title] if title else []) + [head]
+
+    def f(v: float) -> str:
+        return f"{v:7.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{'-':>7}"
+
+    for name, r in rows:
+        lines.append(f"{name:{width}}  {f(r.srcc)} {f(r.plcc)} {f(r.krcc)}  {f(r.grouped_srcc)} "
+                     f"{f(r.grouped_plcc)} {f(r.grouped_krcc)}  {r.n:6d} {r.n_groups:6d}")
+    return "\n".join(lines)
+
+
+def bank_baselines(bank: Any, split: str | None = "val", labeller: str | Iterable[str] | None = None,
+                   psnr_input: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """(baseline predictions, targets, groups) of a restoration bank's split.
+
+    ``bank`` is a folder built by :func:`drqa_plugin.data.bank.build_bank` or its
+    manifest. The method prior leaves out whole photos (inputs of one photo share its
+    content) and keys methods by task (``sr_x4/bicubic``); groups are the inputs.
+    """
+    from drqa_plugin.data.bank import BankManifest, load_manifest
+
+    manifest = bank if isinstance(bank, BankManifest) else load_manifest(bank)
+    items = manifest.split_items(split)
+    if not items:
+        raise DataError(f"bank {manifest.out_dir} has no items in split {split!r}")
+    root = Path(manifest.out_dir)
+    targets = np.array([i.label for i in items])
+    groups = [i.input_id for i in items]
+    out: dict[str, np.ndarray] = {METHOD_PRIOR: method_prior([f"{i.task}/{i.method}" for i in items], targets,
+                                                             [i.photo for i in items])}
+    if psnr_input:
+        out[PSNR_VS_INPUT] = psnr_vs_input([root / i.name for i in items], [root / i.reference for i in items])
+    if labeller is not None:
+        for name in ([labeller] if isinstance(labeller, str) else list(labeller)):
+            out[f"labeller {name}"] = labeller_scores([root / i.name for i in items],
+                                                      [root / i.pristine for i in items], name)
+    return out, targets, groups
+
+
+__all__ = [
+    "METHOD_PRIOR",
+    "PSNR_CAP",
+    "PSNR_VS_INPUT",
+    "bank_baselines",
+    "compute_baselines",
+    "format_table",
+    "labeller_scores",
+    "method_prior",
+    "psnr",
+    "psnr_vs_input",
+    "score_rows",
+]

