@@ -381,7 +381,8 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
             before = a.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_grad_norm)  # DeepSpeed clips by its config
             run.grad_norms = (float(before), _grad_norm(run.model))
         elif a.sync_gradients and a.distributed_type == DistributedType.DEEPSPEED:
-            before = run.model.get_global_grad_norm()  # DeepSpeed stepped (and clipped) inside backward
+            engine: Any = run.model
+            before = engine.get_global_grad_norm()  # DeepSpeed stepped (and clipped) inside backward
             run.grad_norms = None if before is None else (float(before), None)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -492,7 +493,7 @@ def _deepspeed_facts(run: Run) -> dict[str, Any] | None:
     """What the DeepSpeed engine runs with ("auto" fields resolved), or None without DeepSpeed."""
     if run.accelerator.distributed_type != DistributedType.DEEPSPEED:
         return None
-    engine = run.model
+    engine: Any = run.model  # the DeepSpeed engine Accelerate prepared
     return {
         "zero_stage": engine.zero_optimization_stage(),
         "gradient_clipping": engine.gradient_clipping(),
