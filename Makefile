@@ -21,7 +21,7 @@ $(VENV)/.base: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(BIN)/pip install -q -e '.[train,test,lightning]'
+	$(BIN)/pip install -q -e '.[train,test,lightning,validate]'
 	# traiNNer-redux is a clone, not a package (tests use the snapshot in ../shared/vendor); its PyPI deps:
 	$(BIN)/pip install -q antialiased_cnns ema-pytorch msgspec 'pytorch-optimizer>=3.4.2' 'pyvips>=2.2.3' \
 		'pyvips-binary>=8.16.0' timm 'spandrel-extra-arches>=0.2.0' rich requests

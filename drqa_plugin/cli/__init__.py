@@ -23,13 +23,13 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     """The ``drqa`` parser with every subcommand."""
     from drqa_plugin import __version__
-    from drqa_plugin.cli import convert, data, info, score, weights
+    from drqa_plugin.cli import convert, data, info, score, validate, weights
     from drqa_plugin.cli import eval as eval_cmd
 
     parser = argparse.ArgumentParser(prog="drqa", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"drqa-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (weights, convert, info, score, eval_cmd, data):
+    for module in (weights, convert, info, score, eval_cmd, validate, data):
         module.register(sub)
     return parser
 

@@ -15,6 +15,7 @@ from drqa_plugin.cli.common import (
     add_weights_argument,
     make_scorer,
 )
+from drqa_plugin.srval.options import add_sharding_arguments, sharded_scoring_requested
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="write scores to .csv or .json (default: print)")
     parser.add_argument("--restored-suffix", default="", help="strip this from restored names before pairing")
     add_runtime_arguments(parser)
+    add_sharding_arguments(parser)  # --resume; under accelerate launch the pairs are split across processes
     parser.set_defaults(func=run)
 
 
@@ -35,8 +37,18 @@ def run(args: argparse.Namespace) -> int:
 
     plan = pair_files(Path(args.restored), Path(args.degraded), args.restored_suffix)
     errors = list(plan.unmatched)
+    sharded = sharded_scoring_requested(args)  # before the scorer: under a launch this picks the rank's device
     scorer = make_scorer(args)
-    scores, failures = score_file_pairs(scorer, plan.pairs, args.batch_size, progress=not args.quiet)
+    if sharded:
+        from drqa_plugin.srval.score import score_file_pairs_sharded, score_settings
+
+        result = score_file_pairs_sharded(scorer, plan.pairs, args.out, settings=score_settings(args),
+                                          batch_size=args.batch_size, progress=not args.quiet)
+        if result is None:  # a worker process: the main process writes and reports
+            return 0
+        scores, failures = result
+    else:
+        scores, failures = score_file_pairs(scorer, plan.pairs, args.batch_size, progress=not args.quiet)
     errors += [failures[i] for i in sorted(failures)]
     rows = [
         {"restored": str(r), "degraded": str(d), "score": round(float(score), 6)}
