@@ -48,7 +48,8 @@ DRIQA_VARIANTS = {
     "bf16": {"precision": "bf16"},
     "bf16+channels_last": {"precision": "bf16", "channels_last": True},
 }
-DEFAULT_TRAINNER = os.environ.get("TRAINNER_REDUX_DIR", "/work/shared/vendor/traiNNer-redux")
+DEFAULT_TRAINNER = os.environ.get(
+    "TRAINNER_REDUX_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "vendor" / "traiNNer-redux"))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ mocked. The launcher is run as a process: its option errors, and the hand-over t
 traiNNer-redux's ``train_pipeline`` (which then stops on CPU with its own CUDA
 message). The full pipeline through the launcher runs where CUDA is available.
 
-The checkout is ``$TRAINNER_REDUX_DIR`` or ``/work/shared/vendor/traiNNer-redux``.
+The checkout is ``$TRAINNER_REDUX_DIR`` or the vendored snapshot in ``shared/vendor/traiNNer-redux``
+beside the repository (where CI and the development machines keep it).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from drqa_plugin.errors import ImageInputError, OptionError
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "integrations" / "trainner" / "options"
-CANDIDATES = [os.environ.get("TRAINNER_REDUX_DIR"), "/work/shared/vendor/traiNNer-redux",
+CANDIDATES = [os.environ.get("TRAINNER_REDUX_DIR"), str(REPO.parent / "shared" / "vendor" / "traiNNer-redux"),
               str(REPO / "shared" / "vendor" / "traiNNer-redux")]
 TRAINNER = next((Path(c) for c in CANDIDATES if c and (Path(c) / "traiNNer" / "__init__.py").is_file()), None)
 
 pytestmark = pytest.mark.skipif(
     TRAINNER is None,
-    reason="traiNNer-redux checkout not found (set TRAINNER_REDUX_DIR or provide /work/shared/vendor/traiNNer-redux)",
+    reason="traiNNer-redux checkout not found (set TRAINNER_REDUX_DIR or provide ../shared/vendor/traiNNer-redux)",
 )
 
 SCALE = 4
