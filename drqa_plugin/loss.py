@@ -45,8 +45,9 @@ RANDOM_WEIGHTS = "random"
 #: What ``DRIQALoss()`` and ``DRIQA()`` score with when no weights are named (fetched once, then cached).
 DEFAULT_WEIGHTS = "ckdn_pipal"
 REDUCTIONS = ("mean", "sum", "none")
-# Values outside this are not a [0, 1] image with some overshoot (NaN is refused too).
-RANGE_LIMIT = (-0.5, 1.5)
+# Values outside this are not a [0, 1] image with some overshoot (a freshly initialised GAN generator
+# reaches about [-1.05, 1.45]); 0-255 images are far outside. NaN is refused too.
+RANGE_LIMIT = (-1.5, 2.0)
 
 
 @dataclass(frozen=True)

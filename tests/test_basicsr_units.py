@@ -44,6 +44,7 @@ def test_registered_and_idempotent() -> None:
     assert adapter.register() == models.register_models()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_registers_nothing() -> None:
     """A fresh interpreter: importing the adapter leaves BasicSR's registries alone; register() fills them."""
     code = (
@@ -194,6 +195,83 @@ def test_driqa_only_training_without_gt(weights_file: Path) -> None:
     assert all(torch.equal(v, model.cri_driqa.state_dict()[k]) for k, v in ckdn.items())
     assert any(not torch.equal(v, model.net_g.state_dict()[k]) for k, v in generator.items())
     assert not model.cri_driqa.net.training
+
+
+def gan_options(weights: Path, train: dict) -> dict:
+    opt = model_options(weights, is_train=True, train={
+        **train,
+        "optim_d": {"type": "Adam", "lr": 1e-4},
+        "gan_opt": {"type": "GANLoss", "gan_type": "vanilla", "loss_weight": 0.1},
+        "net_d_iters": 1,
+        "net_d_init_iters": 0,
+    })
+    opt.update(model_type="DRIQASRGANModel",
+               network_d={"type": "UNetDiscriminatorSN", "num_in_ch": 3, "num_feat": 8, "skip_connection": True})
+    return opt
+
+
+@pytest.mark.parametrize("model_type", ["DRIQASRModel", "DRIQASRGANModel"])
+def test_generator_loss_scores_the_output_against_the_batch_lq(weights_file: Path, model_type: str) -> None:
+    """l_driqa is DRIQALoss(output, lq) of the batch: the very LQ tensor, not the GT (which differs decisively)."""
+    train = {
+        "ema_decay": 0,
+        "optim_g": {"type": "Adam", "lr": 1e-3},
+        "scheduler": {"type": "MultiStepLR", "milestones": [10], "gamma": 0.5},
+        "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0},
+        "driqa_opt": {"weights": str(weights_file), "loss_weight": 0.5},
+    }
+    opt = gan_options(weights_file, train) if model_type == "DRIQASRGANModel" else \
+        model_options(weights_file, is_train=True, train=train)
+    model = build_model(opt)
+    hr = photo("astronaut", 64)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(downscale(hr, 2) + rng.normal(scale=40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+    lq, gt = to_tensor(noisy), to_tensor(hr)
+    model.feed_data({"lq": lq, "gt": gt})
+    calls = []
+    loss = model.cri_driqa
+
+    class Spy(torch.nn.Module):
+        def forward(self, restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+            calls.append((restored, degraded))
+            return loss(restored, degraded)
+
+    model.cri_driqa = Spy()
+    model.optimize_parameters(1)
+    ((restored, degraded),) = calls
+    assert restored is model.output and degraded is model.lq
+    plain = adapter.DRIQALoss(str(weights_file), loss_weight=0.5)
+    with torch.no_grad():
+        want, with_gt = float(plain(model.output, lq)), float(plain(model.output, gt))
+    assert model.log_dict["l_driqa"] == pytest.approx(want, abs=1e-6)
+    assert abs(with_gt - want) > 1e-3, (with_gt, want)
+
+
+def test_dist_validation_validates_on_rank_0_with_the_lq(weights_file: Path, tmp_path: Path) -> None:
+    """Under ``dist`` BasicSR validates on rank 0 only (SRModel.dist_validation); ours keeps that and still
+    passes the LQ. (A real ``--launcher pytorch`` run needs CUDA: BasicSR's init_dist calls
+    torch.cuda.set_device(rank % device_count), and building a dist model wraps it in CUDA DDP.)"""
+    from basicsr.data import build_dataloader, build_dataset
+    from PIL import Image
+
+    model = build_model(model_options(weights_file, is_train=False))
+    model.opt["path"]["visualization"] = str(tmp_path / "vis")
+    lq_dir = tmp_path / "lq"
+    lq_dir.mkdir()
+    for name in ("coffee", "rocket"):
+        Image.fromarray(photo(name, 40)).save(lq_dir / f"{name}.png")
+    set_opt = {"name": "real", "type": "SingleImageDataset", "dataroot_lq": str(lq_dir),
+               "io_backend": {"type": "disk"}, "phase": "val", "scale": 2}
+    loader = build_dataloader(build_dataset(set_opt), set_opt, num_gpu=0, dist=False)
+    model.opt.update(dist=True, rank=1, world_size=2)
+    model.validation(loader, current_iter=1, tb_logger=None, save_img=True)
+    assert not hasattr(model, "metric_results") and not (tmp_path / "vis").exists()  # rank 1 does nothing
+    model.opt["rank"] = 0
+    model.validation(loader, current_iter=1, tb_logger=None, save_img=True)
+    assert set(model.metric_results) == {"driqa"}
+    outputs = [tmp_path / "vis" / "real" / f"{name}_unit.png" for name in ("coffee", "rocket")]
+    want = DRIQA(weights_file)(outputs, [lq_dir / f"{name}.png" for name in ("coffee", "rocket")]).mean()
+    assert model.metric_results["driqa"] == pytest.approx(float(want), abs=1e-5)
 
 
 def test_pixel_loss_without_gt_is_a_clear_error(weights_file: Path) -> None:

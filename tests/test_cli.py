@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import drqa_plugin as dq
 from tests.conftest import downscale, photo
+
+pytestmark = pytest.mark.slow  # every test runs the installed `drqa` console script in a new process
 
 
 def drqa(*args: str) -> subprocess.CompletedProcess:
@@ -66,7 +69,10 @@ def test_single_pair_prints_score(folders, weights_file):
                 "--degraded", str(lq / "coffee.png"), "--quiet", "--dtype", "bf16")
     assert proc.returncode == 0, proc.stderr
     score = float(proc.stdout.split()[0])
-    assert 0 < score < 1
+    pair = ([out / "coffee.png"], [lq / "coffee.png"])
+    bf16 = float(dq.DRIQA(weights_file, dtype=torch.bfloat16)(*pair)[0])
+    assert score == pytest.approx(bf16, abs=1e-5)  # printed with 6 decimals: the bf16 scorer's value
+    assert abs(float(dq.DRIQA(weights_file)(*pair)[0]) - bf16) > 1e-4  # which is not the fp32 one (3.5e-4 away)
 
 
 def test_restored_suffix_pairs_renamed_outputs(folders, weights_file):

@@ -16,11 +16,13 @@ import drqa_plugin as dq
 from drqa_plugin.preprocess import prepare_pair, to_float_batch
 from tests.conftest import PHOTOS, downscale, photo, randomise_batchnorm
 
-ckdn_arch = pytest.importorskip("pyiqa.archs.ckdn_arch")
-
 
 def build_reference(use_default_preprocess: bool) -> torch.nn.Module:
-    """pyiqa's CKDN with random weights; its ImageNet download is replaced by an empty state dict."""
+    """pyiqa's CKDN with random weights; its ImageNet download is replaced by an empty state dict.
+
+    Only the tests that compare with pyiqa need it: without pyiqa they skip, the others still run.
+    """
+    ckdn_arch = pytest.importorskip("pyiqa.archs.ckdn_arch", reason="pyiqa (the test-only parity reference) is not installed")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ckdn_arch, "load_state_dict_from_url", lambda *args, **kwargs: {})
         return ckdn_arch.CKDN(pretrained=False, use_default_preprocess=use_default_preprocess)
@@ -58,6 +60,7 @@ def _pairs():
     return restored, degraded
 
 
+@pytest.mark.slow  # runs `python -m drqa_plugin.cli convert`
 @pytest.mark.parametrize("layout", ["official", "pyiqa"])
 def test_converted_weights_match_reference_scores(tmp_path, published_files, reference, layout):
     dst = tmp_path / f"{layout}.safetensors"
@@ -101,8 +104,10 @@ def test_reference_preprocessing_agrees_closely(tmp_path, published_files):
     with torch.no_grad():
         theirs = ref(r, d).squeeze(1)
     ours = dq.DRIQA(dst)(r, d)
-    # Same network, different resamplers (nearest vs nearest-exact, PIL-style clamping).
-    assert (ours - theirs).abs().max() < 0.02
+    # Same network, different resamplers (nearest vs nearest-exact, PIL-style clamping). Measured 5.2e-4 on
+    # these four photos, whose scores are 0.006-0.06 apart: a few times the measured error, not the photo gap.
+    assert (theirs.max() - theirs.min()) > 5e-3
+    assert (ours - theirs).abs().max() < 2e-3
 
 
 def test_convert_rejects_unknown_layouts(tmp_path):

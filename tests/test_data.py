@@ -57,7 +57,7 @@ def test_sample_format(cfg):
             assert s[key].dtype == torch.float32 and s[key].ndim == 0
             assert 0.0 <= float(s[key]) <= 1.0
         assert isinstance(s["group"], int) and isinstance(s["name"], str)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"sample index 24 out of range \[0, 24\)"):
         ds[24]
 
 
@@ -143,7 +143,8 @@ def test_ssim_matches_skimage():
 
 
 def test_stlpips_labeller_if_installed():
-    pytest.importorskip("stlpips_pytorch")
+    # The Makefile's test install adds it (pip install --no-deps stlpips-pytorch); only then does this run.
+    pytest.importorskip("stlpips_pytorch", reason="stlpips-pytorch is not installed (make install-test adds it)")
     lab = get_labeller("stlpips_alex")
     x = build_dataset(DataConfig(crop=CROP), "train")[0]
     q = lab(torch.stack([x["pristine"], x["pristine"] * 0.5]), x["pristine"][None])
@@ -177,10 +178,19 @@ def test_own_folder_small_photos_are_upscaled(tmp_path):
 def test_config_validation_and_dict():
     cfg = DataConfig.from_dict({"crop": 96, "degradation": {"scale_range": [2, 3]}, "restoration": {"max_ops": 1}})
     assert cfg.degradation.scale_range == (2.0, 3.0) and cfg.restoration.max_ops == 1
-    for bad in ({"kind": "imagenet"}, {"crop": 4}, {"val_fraction": 1.5}, {"degradation": {"blur_prob": 2}},
-                {"degradation": {"scale_range": [3, 2]}}, {"restoration": {"ops": ["magic"]}},
-                {"kind": "pipal"}, {"seed": -1}, {"nope": 1}, {"degradation": {"nope": 1}}):
-        with pytest.raises(ValueError):
+    for bad, message in (
+        ({"kind": "imagenet"}, "data.kind must be one of"),
+        ({"crop": 4}, "data.crop must be >= 16, got 4"),
+        ({"val_fraction": 1.5}, r"data.val_fraction must be in \(0, 1\), got 1.5"),
+        ({"degradation": {"blur_prob": 2}}, r"degradation.blur_prob must be a probability in \[0, 1\]"),
+        ({"degradation": {"scale_range": [3, 2]}}, r"degradation.scale_range must satisfy .* got \(3.0, 2.0\)"),
+        ({"restoration": {"ops": ["magic"]}}, r"restoration.ops must be a non-empty subset .* got \('magic',\)"),
+        ({"kind": "pipal"}, "data.kind='pipal' needs data.root and data.list_file"),
+        ({"seed": -1}, "data.seed must be a non-negative integer, got -1"),
+        ({"nope": 1}, r"unknown config key\(s\) \['data.nope'\]"),
+        ({"degradation": {"nope": 1}}, r"unknown config key\(s\) \['data.degradation.nope'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
             DataConfig.from_dict(bad)
 
 
@@ -250,6 +260,55 @@ def test_pipal_split_and_build_dataset(tmp_path):
     full = PIPALPairs(tmp_path / "pipal", list_file, crop=40)
     idx = [e.name for e in full.entries].index(v["name"])
     assert torch.equal(v["restored"], full[idx]["restored"][:, 4:36, 4:36])
+
+
+def _as_uint8(crop: torch.Tensor) -> np.ndarray:
+    return (crop * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _box(full: np.ndarray, crop: torch.Tensor) -> tuple[int, int] | None:
+    """Where ``crop`` sits in ``full`` (random-noise images: at most one place)."""
+    c, want = crop.shape[-1], _as_uint8(crop)
+    hits = [(top, left) for top in range(full.shape[0] - c + 1) for left in range(full.shape[1] - c + 1)
+            if np.array_equal(full[top:top + c, left:left + c], want)]
+    assert len(hits) <= 1, hits
+    return hits[0] if hits else None
+
+
+def _crop_boxes(ds: PIPALPairs, root: Path) -> list[tuple[int, int]]:
+    """One crop box per sample, after checking all four images of the sample were cut at it."""
+    read = lambda name: np.asarray(Image.open(root / name).convert("RGB"))  # noqa: E731
+    boxes = []
+    for i in range(len(ds)):
+        s = ds[i]
+        name, scene = s["name"], s["name"].split("_")[0]
+        found = {"restored": _box(read(name), s["restored"]), "degraded": _box(read(f"ref_{name}"), s["degraded"]),
+                 "pristine": _box(read(f"{scene}.bmp"), s["pristine"])}
+        partners = [e.name for e in ds.entries if e.scene == scene and e.name != name]
+        found["restored_2"] = next(b for b in (_box(read(n), s["restored_2"]) for n in partners) if b is not None)
+        assert None not in found.values() and len(set(found.values())) == 1, (name, found)
+        boxes.append(found["restored"])
+    return boxes
+
+
+def test_pipal_training_crops_share_one_random_box_per_sample_and_change_with_the_epoch(tmp_path):
+    list_file, _ = make_pipal(tmp_path / "pipal")
+    root = tmp_path / "pipal"
+    ds = PIPALPairs(root, list_file, crop=24, seed=7)  # 40 px images: 17 x 17 possible boxes
+    epoch0 = _crop_boxes(ds, root)
+    assert len(set(epoch0)) > 1 and epoch0 != [(8, 8)] * len(ds)  # random, not all the centre
+    ds.set_epoch(1)
+    epoch1 = _crop_boxes(ds, root)
+    assert sum(a != b for a, b in zip(epoch0, epoch1)) >= len(ds) // 2, (epoch0, epoch1)
+    # Reproducible: another instance at the same epoch cuts the same boxes; going back restores them.
+    again = PIPALPairs(root, list_file, crop=24, seed=7)
+    again.set_epoch(1)
+    assert _crop_boxes(again, root) == epoch1
+    ds.set_epoch(0)
+    assert _crop_boxes(ds, root) == epoch0
+    # Another seed, other boxes; validation crops (random_crop=False) are the centre.
+    assert _crop_boxes(PIPALPairs(root, list_file, crop=24, seed=8), root) != epoch0
+    assert _crop_boxes(PIPALPairs(root, list_file, crop=24, random_crop=False), root) == [(8, 8)] * len(ds)
 
 
 def test_pipal_subfolder_layout(tmp_path):

@@ -1,6 +1,7 @@
 """``drqa eval`` end to end through the CLI, on lists and images the test writes."""
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def test_eval_pipal_list_end_to_end(weights, pipal_dir, tmp_path, capsys):
     root, list_file = pipal_dir
     out_csv = tmp_path / "preds.csv"
     code, out, err = _run(capsys, "--weights", str(weights), "--list", str(list_file), "--root", str(root),
-                          "--preprocess", "none", "--batch-size", "3", "--out", str(out_csv), "--quiet")
+                          "--preprocess", "none", "--batch-size", "3", "--out", str(out_csv), "--quiet",
+                          "--no-baselines")  # the model's Correlations table only (baseline rows: test_baselines.py)
     assert code == 0, err
     assert "pairs scored: 8/8" in out and "SRCC" in out and "groups=2 skipped=0" in out
     with open(out_csv) as fh:
@@ -92,7 +94,7 @@ def test_eval_csv_list_and_default_root(weights, tmp_path, capsys):
     pairs = read_labelled_list(tmp_path / "list.csv")
     assert [p.group for p in pairs] == ["in0.png"] * 3 + ["g2"] * 3  # default group: degraded image
     code, out, err = _run(capsys, "--weights", str(weights), "--list", str(tmp_path / "list.csv"),
-                          "--preprocess", "none", "--quiet")
+                          "--preprocess", "none", "--quiet", "--no-baselines")
     assert code == 0, err
     assert "pairs scored: 6/6" in out and "groups=2" in out
 
@@ -139,9 +141,36 @@ def test_eval_unreadable_image(weights, pipal_dir, capsys):
     assert "pairs scored: 7/8" in out
 
 
+@pytest.mark.slow  # runs the installed console script
 def test_drqa_entry_point_help():
     # The installed console script reaches our parser (cheap: no model is built).
     exe = Path(sys.executable).with_name("drqa")
     assert exe.exists(), "the `drqa` console script is missing next to this Python: the entry point is broken"
     done = subprocess.run([str(exe), "eval", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--list" in done.stdout and "restored,degraded,mos" in done.stdout
+
+
+def test_eval_min_group_size_decides_which_groups_count(weights, tmp_path, capsys):
+    """--min-group-size: a 2-pair group is skipped at the default 3 and counted at 2 (README promise)."""
+    rows = ["restored,degraded,mos,group"]
+    for i in range(6):
+        _write(tmp_path / f"out{i}.png", i)
+        _write(tmp_path / f"in{i % 2}.png", 70 + i % 2)
+        rows.append(f"out{i}.png,in{i % 2}.png,{(i * 37) % 11},{'big' if i < 4 else 'small'}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out_csv = tmp_path / "preds.csv"
+    args = ("--weights", str(weights), "--list", str(tmp_path / "list.csv"), "--preprocess", "none", "--quiet",
+            "--out", str(out_csv), "--no-baselines")
+    code, out3, err = _run(capsys, *args, "--min-group-size", "3")
+    assert code == 0, err
+    code, out2, err = _run(capsys, *args, "--min-group-size", "2")
+    assert code == 0, err
+    with open(out_csv) as fh:
+        written = list(csv.DictReader(fh))
+    preds = [float(r["pred"]) for r in written]
+    mos, groups = [float(r["mos"]) for r in written], [r["group"] for r in written]
+    for size, out, counted in ((3, out3, "groups=1 skipped=1"), (2, out2, "groups=2 skipped=0")):
+        expected = correlate(preds, mos, groups, min_group_size=size)
+        assert counted in out
+        assert re.search(rf"grouped\s+{expected.grouped_srcc:7.4f} {expected.grouped_plcc:7.4f}", out), out
+    assert correlate(preds, mos, groups, 3).grouped_srcc != correlate(preds, mos, groups, 2).grouped_srcc

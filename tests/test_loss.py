@@ -124,6 +124,9 @@ def test_ckdn_protocol_matches_scorer(random_model, pair) -> None:
         assert torch.allclose(loss.score(restored, lq), scorer(restored, lq), atol=1e-5)
 
 
+BF16_LOSS_ATOL = 1.5e-3
+
+
 def test_precision_and_channels_last(random_model, pair) -> None:
     restored, lq = pair
     with torch.no_grad():
@@ -131,7 +134,9 @@ def test_precision_and_channels_last(random_model, pair) -> None:
         nhwc = DRIQALoss(random_model, channels_last=True).score(restored, lq)
         bf16 = DRIQALoss(random_model, precision="bf16", channels_last=True).score(restored, lq)
     assert torch.allclose(nhwc, reference, atol=1e-5)
-    assert bf16.dtype == torch.float32 and torch.allclose(bf16, reference, atol=0.03)
+    # bf16 vs fp32, measured: 2.7e-4 here (4.9e-4 at most seen); two photos' scores differ by ~0.03.
+    diff = float((bf16 - reference).abs().max())
+    assert bf16.dtype == torch.float32 and 0.0 < diff < BF16_LOSS_ATOL, diff
     restored = restored.clone().requires_grad_(True)
     DRIQALoss(random_model, precision="bf16")(restored, lq).backward()
     assert restored.grad.dtype == torch.float32 and torch.isfinite(restored.grad).all()

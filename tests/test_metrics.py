@@ -25,6 +25,24 @@ def test_matches_scipy(n, seed, ties):
     assert krcc(p, t) == pytest.approx(stats.kendalltau(p, t).statistic, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    "preds, targets, tau_b",
+    [
+        # 6 pairs: 3 concordant, 1 discordant, 1 tied in preds only, 1 tied in targets only:
+        # (3 - 1) / sqrt((6 - 1) * (6 - 1)) = 0.4 (tau-a would be 2/6, tau-c 0.375)
+        ([1, 2, 2, 3], [1, 3, 2, 2], 0.4),
+        # 10 pairs: 7 concordant, 0 discordant, one pair tied in both, ties {0,1},{3,4} in preds and
+        # {0,1},{2,3} in targets: 7 / sqrt((10 - 2) * (10 - 2)) = 0.875 (tau-a: 0.7)
+        ([1, 1, 2, 3, 3], [1, 1, 2, 2, 3], 0.875),
+        # reversed order with a tie in each: (0 - 5) / sqrt((6 - 1) * (6 - 1)) = -1.0
+        ([4, 3, 3, 1], [1, 2, 2, 4], -1.0),
+    ],
+)
+def test_krcc_is_kendalls_tau_b_by_hand(preds, targets, tau_b):
+    assert krcc(preds, targets) == pytest.approx(tau_b, abs=1e-12)
+    assert krcc(targets, preds) == pytest.approx(tau_b, abs=1e-12)  # symmetric
+
+
 def test_rankdata_matches_scipy():
     rng = np.random.default_rng(5)
     for values in (rng.integers(0, 4, size=50).astype(float), rng.normal(size=20), np.ones(7), np.array([3.0])):

@@ -146,7 +146,8 @@ def test_deepspeed_validation_catches_a_typo() -> None:
     raw.update(train_batch_size=8, train_micro_batch_size_per_gpu=8, gradient_accumulation_steps=1,
                gradient_clipping=1.0)
     raw["zero_optimization"]["stag"] = 2
-    with pytest.raises(Exception):
+    # pydantic's ValidationError (a ValueError) naming the section and the key
+    with pytest.raises(ValueError, match=r"DeepSpeedZeroConfig\nstag\n  Extra inputs are not permitted"):
         DeepSpeedConfig(raw)
 
 
@@ -254,7 +255,7 @@ def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path: Path) -> None:
     log.close()
     rows = read_metrics(tmp_path / "metrics.csv")
     assert [(r["step"], r["stage"]) for r in rows] == [("1", "1"), ("2", "1"), ("3", "2")]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"metrics.csv has no column\(s\) \['bogus'\]"):
         MetricsLog(tmp_path / "x", tensorboard=False).write({"split": "train", "step": 1, "bogus": 1})
 
 
@@ -266,3 +267,40 @@ def test_cosine_and_warmup_schedule() -> None:
     assert lrs[:2] == [0.5, 1.0] and lrs[2] == pytest.approx(1.0) and lrs[-1] < 0.05
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
     assert math.isclose(base_lr(load_config(None), 100, 200), 0.16)
+
+
+@pytest.mark.parametrize(
+    "ds_config, overrides, message",
+    [
+        ("recipes/deepspeed/zero2.json", ["runtime.mixed_precision=fp16"],
+         "error: fp16 with DeepSpeed is not supported for this BatchNorm model; use bf16 (torch_autocast)"),
+        ({"bf16": {"enabled": True}}, [],
+         "error: the DeepSpeed config enables native bf16/fp16, which breaks BatchNorm (fp32 buffers); "
+         'use "torch_autocast": {"enabled": true, "dtype": "bfloat16"} as recipes/deepspeed/*.json do'),
+        ({"fp16": {"enabled": "true"}}, ["runtime.mixed_precision=bf16"],
+         "error: the DeepSpeed config enables native bf16/fp16, which breaks BatchNorm"),
+    ],
+    ids=["fp16", "native_bf16", "native_fp16"],
+)
+def test_deepspeed_refuses_fp16_and_native_half_precision(tmp_path, monkeypatch, capsys, ds_config, overrides,
+                                                          message) -> None:
+    """What `accelerate launch --config_file <a DeepSpeed YAML>` hands the trainer, in-process: refused with
+    the reason before any process group, engine or output exists."""
+    from drqa_plugin.train.__main__ import main
+
+    if isinstance(ds_config, dict):
+        raw = json.loads((RECIPES / "deepspeed" / "zero2.json").read_text())
+        raw.pop("torch_autocast")
+        raw.update(ds_config)
+        path = tmp_path / "native.json"
+        path.write_text(json.dumps(raw))
+    else:
+        path = REPO / ds_config
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    out = tmp_path / "run"
+    code = main(["--config", str(RECIPES / "configs" / "test_tiny.yaml"), f"output_dir={out}",
+                 "runtime.cpu_threads=0", *overrides])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,10 +74,11 @@ def test_shape_and_name_mismatches_are_named(tmp_path, random_model):
     sd["extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.safetensors"
     dq.save_weights(sd, path)
-    with pytest.raises(dq.WeightsError) as info:
+    with pytest.raises(dq.WeightsError, match=r"does not fit CKDN: 1 missing .* 1 unexpected .* 1 with other shapes") as info:
         dq.load_model(path)
     msg = str(info.value)
-    assert "comparator.0.conv1.weight" in msg and "extra.weight" in msg and "head.0.weight" in msg
+    assert "comparator.0.conv1.weight" in msg and "extra.weight" in msg
+    assert "head.0.weight: file (10, 512) vs model (2048, 512)" in msg
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, random_model):
@@ -84,3 +86,32 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, random_model):
     dq.save_model(random_model, path)
     dq.save_model(random_model, path)  # overwrite in place
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("failure", [OSError("No space left on device (simulated)"), KeyboardInterrupt("simulated Ctrl-C")],
+                         ids=["disk_full", "interrupted"])
+def test_a_save_that_fails_mid_write_keeps_the_old_file(tmp_path, random_model, monkeypatch, failure):
+    """The writer dies after half a file: the previous weights stay intact and no temp file is left."""
+    import drqa_plugin.weights as weights_module
+
+    path = tmp_path / "m.safetensors"
+    dq.save_model(random_model, path)
+    old_bytes = path.read_bytes()
+    written_to = []
+
+    def write_half_then_fail(tensors, filename, metadata=None):
+        save_file(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])
+        written_to.append(Path(filename))
+        raise failure
+
+    monkeypatch.setattr(weights_module, "save_file", write_half_then_fail)
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in random_model.state_dict().items()}
+    with pytest.raises(type(failure), match="simulated"):
+        dq.save_weights(changed, path, provenance="a newer model")
+    assert written_to and written_to[0].parent == path.parent and written_to[0] != path  # a temp file beside it
+    assert path.read_bytes() == old_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    monkeypatch.undo()
+    torch.testing.assert_close(dq.load_model(path).state_dict()["head.0.weight"], random_model.state_dict()["head.0.weight"])
