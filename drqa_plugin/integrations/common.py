@@ -16,7 +16,21 @@ from drqa_plugin.errors import OptionError, WeightsNotFoundError
 from drqa_plugin.hub import resolve_weights
 from drqa_plugin.scorer import DRIQA
 
-__all__ = ["OptionError", "ScorerSpec", "cached_scorer", "check_keys", "clear_scorer_cache", "scorer_spec"]
+__all__ = ["OptionError", "ScorerSpec", "cached_scorer", "check_keys", "clear_scorer_cache", "scorer_spec",
+           "without_flag"]
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less our launcher's own ``flag VALUE`` / ``flag=VALUE`` pairs, so the host parses the rest."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            out.append(arg)
+    return out
 
 
 @dataclass(frozen=True)

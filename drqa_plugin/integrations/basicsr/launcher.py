@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from drqa_plugin.errors import ConfigError, DRQAError, MissingFileError
+from drqa_plugin.integrations.common import without_flag
 
 # Projects built on BasicSR whose registries we fill by importing them when an
 # option names something only they provide.
@@ -45,20 +46,8 @@ def split_argv(argv: Sequence[str]) -> LaunchArgs:
     known, _ = ours.parse_known_args(list(argv))
     if not known.opt:
         raise SystemExit("usage: python -m drqa_plugin.integrations.basicsr.train -opt OPTIONS.yml [--import MODULE]")
-    basicsr_argv = _without_imports(list(argv))
+    basicsr_argv = without_flag(list(argv), "--import")
     return LaunchArgs(Path(known.opt), tuple(known.imports), basicsr_argv)
-
-
-def _without_imports(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--import":
-            skip = True
-        elif not arg.startswith("--import="):
-            out.append(arg)
-    return out
 
 
 def load_options(path: Path) -> dict[str, Any]:

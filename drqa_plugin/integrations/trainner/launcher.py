@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from drqa_plugin.errors import DRQAError
+from drqa_plugin.integrations.common import without_flag
 
 USAGE = "python -m drqa_plugin.integrations.trainner.train [--trainner PATH] -opt OPTIONS.yml [traiNNer-redux flags]"
 
@@ -49,16 +50,7 @@ def split_argv(argv: Sequence[str]) -> LaunchArgs:
     known, _ = ours.parse_known_args(list(argv))
     if not known.opt:
         raise SystemExit(f"usage: {USAGE}")
-    rest: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--trainner":
-            skip = True
-        elif not arg.startswith("--trainner="):
-            rest.append(arg)
-    return LaunchArgs(known.trainner, Path(known.opt), rest)
+    return LaunchArgs(known.trainner, Path(known.opt), without_flag(list(argv), "--trainner"))
 
 
 def load_script(path: Path, name: str) -> ModuleType:
