@@ -30,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import drqa_plugin.integrations.basicsr  # noqa: F401  (torchvision shim before BasicSR)
+from drqa_plugin.integrations.basicsr._compat import import_basicsr  # noqa: E402
+
+import_basicsr()  # BasicSR 1.4.2 needs its torchvision shim before the first import
 from drqa_plugin import create_model
 from drqa_plugin.loss import DRIQALoss
 from benchmarks.common import machine_description  # noqa: E402
