@@ -205,11 +205,12 @@ def prepare_pair(
     return normalize(restored, cfg), normalize(degraded, cfg)
 
 
-def tile_starts(length: int, tile: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` px covering ``length`` px; the last one is flush with the edge."""
+def tile_starts(length: int, tile: int, stride: int | None = None) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px, ``stride`` apart (default: no overlap);
+    the last one is flush with the edge."""
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile + 1, tile))
+    starts = list(range(0, length - tile + 1, stride or tile))
     if starts[-1] + tile < length:
         starts.append(length - tile)
     return starts

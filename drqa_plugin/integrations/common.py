@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drqa_plugin.config import check_keys
 from drqa_plugin.constants import INTERPOLATIONS, PREPROCESS_MODES, precision_name, resolve_device, resolve_dtype
@@ -17,7 +18,30 @@ from drqa_plugin.hub import resolve_weights
 from drqa_plugin.scorer import DRIQA
 
 __all__ = ["OptionError", "ScorerSpec", "cached_scorer", "check_keys", "clear_scorer_cache", "scorer_spec",
-           "without_flag"]
+           "without_flag", "register_once", "MARKER"]
+
+# Set on every object we register, so a second registration (or a second import of our modules
+# under another path) recognises its own entries instead of failing.
+MARKER = "_drqa_plugin_component"
+
+
+def register_once(registry: Any, obj: Any, key: str, host: str = "") -> Any:
+    """Register ``obj`` under ``key`` in a host's registry; our own object again is a no-op.
+
+    Hosts' registries raise on duplicate names. A name held by somebody else's object is
+    still an error, and says who holds it (``host`` prefixes the registry's name).
+    """
+    setattr(obj, MARKER, True)
+    if key in registry:
+        existing = registry.get(key)
+        if existing is obj or getattr(existing, MARKER, False):
+            return existing
+        raise RuntimeError(
+            f"{host}{registry._name} registry already holds {key!r} from {getattr(existing, '__module__', '?')}; "
+            "drqa-plugin cannot register its own under the same name"
+        )
+    registry.register(obj)
+    return obj
 
 
 def without_flag(argv: list[str], flag: str) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from drqa_plugin.errors import ImageInputError
-from drqa_plugin.preprocess import MIN_SIDE, match_reference_size
+from drqa_plugin.preprocess import MIN_SIDE, match_reference_size, tile_starts
 
 DEFAULT_TILE = 288  # the CKDN protocol's crop: windows the network saw in training
 MAX_DISPLAY = 1024  # longest side of the rendered picture, in pixels
@@ -70,8 +70,8 @@ def quality_map(scorer, restored: Tensor, degraded: Tensor, tile: int = DEFAULT_
                               "use a larger --map-tile or image")
     stride = max(1, stride or tile // 2)
     reference = match_reference_size(degraded.float(), (h, w), scorer.reference_interpolation)
-    ys = _starts(h, tile, stride)
-    xs = _starts(w, tile, stride)
+    ys = tile_starts(h, tile, stride)
+    xs = tile_starts(w, tile, stride)
     boxes = [(y, x) for y in ys for x in xs]
     scores = []
     for start in range(0, len(boxes), batch):
@@ -81,15 +81,6 @@ def quality_map(scorer, restored: Tensor, degraded: Tensor, tile: int = DEFAULT_
         scores.append(scorer(r, d))
     grid = torch.cat(scores).numpy().reshape(len(ys), len(xs))
     return QualityMap(grid, ys, xs, tile, (h, w))
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
 
 
 def render_map(image: np.ndarray, qmap: QualityMap, path: str | os.PathLike, title: str = "",

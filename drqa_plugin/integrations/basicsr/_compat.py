@@ -14,10 +14,9 @@ import sys
 import types
 from typing import Any
 
+from drqa_plugin.integrations.common import register_once
+
 _LEGACY = "torchvision.transforms.functional_tensor"
-# Set on every object we register, so a second import of our modules (for example
-# under another package path) recognises its own entries instead of failing.
-MARKER = "_drqa_plugin_component"
 
 
 def install_torchvision_shim() -> bool:
@@ -59,15 +58,4 @@ def register(registry: Any, obj: Any) -> Any:
     BasicSR's registries raise on duplicate names. A name taken by somebody else's
     object is still an error, and says who holds it.
     """
-    setattr(obj, MARKER, True)
-    name = obj.__name__
-    if name in registry:
-        existing = registry.get(name)
-        if existing is obj or getattr(existing, MARKER, False):
-            return existing
-        raise RuntimeError(
-            f"{registry._name} registry already holds {name!r} from {getattr(existing, '__module__', '?')}; "
-            "drqa-plugin cannot register its own under the same name"
-        )
-    registry.register(obj)
-    return obj
+    return register_once(registry, obj, obj.__name__, host="")

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from drqa_plugin.errors import MissingFileError
+from drqa_plugin.integrations.common import register_once
 
 ENV_VAR = "TRAINNER_REDUX_DIR"
 CLONE_HINT = (
     "traiNNer-redux is not on PyPI: git clone https://github.com/the-database/traiNNer-redux, "
     f"install its dependencies, and pass --trainner PATH or set {ENV_VAR}"
 )
-# Set on every object we register, so registering twice (or from a second import of
-# our modules) is a no-op instead of the registry's duplicate-name assertion.
-MARKER = "_drqa_plugin_component"
 
 
 def locate(path: str | os.PathLike | None = None) -> Path | None:
@@ -103,15 +101,4 @@ def register_in(registry: Any, obj: Any) -> Any:
     A second registration of our own object is a no-op; a name held by somebody
     else's object is an error that says who holds it.
     """
-    setattr(obj, MARKER, True)
-    key = obj.__name__.lower()
-    if key in registry:
-        existing = registry.get(key)
-        if existing is obj or getattr(existing, MARKER, False):
-            return existing
-        raise RuntimeError(
-            f"traiNNer-redux's {registry._name} registry already holds {key!r} from "
-            f"{getattr(existing, '__module__', '?')}; drqa-plugin cannot register its own under the same name"
-        )
-    registry.register(obj)
-    return obj
+    return register_once(registry, obj, obj.__name__.lower(), host="traiNNer-redux's ")
