@@ -6,6 +6,7 @@ Photos: 16 of OpenCV's sample images (Debian's ``opencv-doc``) plus matplotlib's
 
     cd /tmp && apt-get download opencv-doc && dpkg -x opencv-doc_*.deb opencv-doc
     python benchmarks/quality_heldout.py --opencv-doc /tmp/opencv-doc --out runs/heldout [--weights W ...]
+    python benchmarks/quality_heldout.py --bank runs/heldout/bank --weights W [--relabel stlpips_alex ...]
 
 Each photo gives 2 crops of 256 px; each crop an x4 SR input (bicubic downscale) and a
 denoising input (Gaussian noise, sigma 15-50 of 255). Restorers: bicubic, lanczos, nearest,
@@ -28,8 +29,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from drqa_plugin.baselines import bank_baselines, format_table, score_rows  # noqa: E402
-from drqa_plugin.data.bank import BankConfig, available_restorers, build_bank  # noqa: E402
+from drqa_plugin.baselines import (  # noqa: E402
+    METHOD_PRIOR,
+    bank_baselines,
+    format_table,
+    labeller_scores,
+    method_prior,
+    score_rows,
+)
+from drqa_plugin.data.bank import (  # noqa: E402
+    BankConfig,
+    available_restorers,
+    build_bank,
+    combine_scores,
+    load_manifest,
+)
+from drqa_plugin.metrics import srcc  # noqa: E402
 
 OPENCV_PHOTOS = ("aero1.jpg", "aloeL.jpg", "baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg",
                  "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg", "rubberwhale1.png",
@@ -51,38 +66,89 @@ def gather_photos(opencv_doc: Path, folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--opencv-doc", type=Path, required=True, help="folder where opencv-doc's .deb was unpacked")
-    p.add_argument("--out", type=Path, default=Path("runs/heldout"))
-    p.add_argument("--weights", action="append", default=[], help="DR-IQA weights to evaluate (name or file)")
-    args = p.parse_args()
+def build_heldout(opencv_doc: Path, out: Path) -> Path:
+    """Build (or complete) the held-out bank under ``out/bank``; returns its folder."""
     installed = set(available_restorers())
     restorers = tuple(r for r in SR + DENOISE if r in installed)
     missing = sorted(set(SR + DENOISE) - installed)
     if missing:
         print(f"note: restorers not installed, left out: {missing}")
-    cfg = BankConfig(photos=str(gather_photos(args.opencv_doc, args.out / "photos")), crop=256, crops_per_photo=2,
+    cfg = BankConfig(photos=str(gather_photos(opencv_doc, out / "photos")), crop=256, crops_per_photo=2,
                      tasks=("sr_x4", "denoise"), sr_blur_prob=0.0, sr_noise_prob=0.0, sr_jpeg_prob=0.0,
                      sr_down_interpolations=("bicubic",), dn_noise_sigma_range=(15 / 255, 50 / 255),
                      restorers=restorers, vary_strength=False, labellers=("stlpips_alex",), val_fraction=1.0, seed=11)
     start = time.perf_counter()
-    manifest = build_bank(cfg, args.out / "bank")
+    manifest = build_bank(cfg, out / "bank")
     print(f"bank: {len(manifest.items)} pairs in {time.perf_counter() - start:.0f} s")
-    preds, targets, groups = bank_baselines(manifest, split="val", labeller=["stlpips_alex", "ssim", "ms_ssim"])
+    return out / "bank"
+
+
+def relabel(items: list, root: Path, labellers: list[str]) -> np.ndarray:
+    """Labels from other FR labellers against the pristine crops, combined by mean percentile rank."""
+    scores = {name: labeller_scores([root / i.name for i in items], [root / i.pristine for i in items], name)
+              for name in labellers}
+    return combine_scores([{n: float(scores[n][k]) for n in labellers} for k in range(len(items))], labellers,
+                          "rank")
+
+
+def method_means(items: list, targets: np.ndarray, preds: dict[str, np.ndarray]) -> str:
+    """Mean label and mean prediction per (task, method), and the Spearman of the means per task."""
+    lines = []
+    for task in sorted({i.task for i in items}):
+        methods = sorted({i.method for i in items if i.task == task})
+        idx = {m: [k for k, i in enumerate(items) if i.task == task and i.method == m] for m in methods}
+        label_means = [float(np.mean(targets[idx[m]])) for m in methods]
+        lines.append(f"{task}: mean per method (label, then each row)")
+        for m, lm in zip(methods, label_means):
+            cols = "  ".join(f"{float(np.mean(np.asarray(v)[idx[m]])):8.4f}" for v in preds.values())
+            lines.append(f"  {m:22s} {lm:8.4f}  {cols}")
+        for name, v in preds.items():
+            means = [float(np.mean(np.asarray(v)[idx[m]])) for m in methods]
+            lines.append(f"  Spearman of method means vs label, {name}: {srcc(means, label_means):.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--opencv-doc", type=Path, help="folder where opencv-doc's .deb was unpacked (builds the bank)")
+    src.add_argument("--bank", type=Path, help="a held-out bank this script built before (evaluates only)")
+    p.add_argument("--out", type=Path, default=Path("runs/heldout"))
+    p.add_argument("--weights", action="append", default=[], help="DR-IQA weights to evaluate (name or file)")
+    p.add_argument("--relabel", action="append", default=[], metavar="LABELLER",
+                   help="rank against these FR labellers (mean percentile rank) instead of the bank's label")
+    p.add_argument("--baseline-labeller", action="append", default=None, metavar="LABELLER",
+                   help="FR labellers shown as rows (default: stlpips_alex, stlpips_vgg, ssim, ms_ssim)")
+    p.add_argument("--method-means", action="store_true", help="also print the mean per method")
+    p.add_argument("--tile", type=int, default=0,
+                   help="score as the mean over tiles of this size (e.g. the training crop); 0 = whole images")
+    args = p.parse_args()
+    bank = args.bank if args.bank is not None else build_heldout(args.opencv_doc, args.out)
+    manifest = load_manifest(bank)
+    labellers = args.baseline_labeller or ["stlpips_alex", "stlpips_vgg", "ssim", "ms_ssim"]
+    preds, targets, groups = bank_baselines(manifest, split="val", labeller=labellers)
     items = manifest.split_items("val")
-    for spec in args.weights:
+    root = Path(manifest.out_dir)
+    if args.relabel:
+        targets = relabel(items, root, args.relabel)
+        # The method prior is a mean of labels: recompute it from the labels in use.
+        preds[METHOD_PRIOR] = method_prior([f"{i.task}/{i.method}" for i in items], targets, [i.photo for i in items])
+    label = " + ".join(args.relabel) if args.relabel else " + ".join(manifest.labellers)
+    print(f"label: {label} (of the restored crop against its pristine crop); {len(items)} pairs")
+    for spec in reversed(args.weights):
         from drqa_plugin.scorer import DRIQA
 
-        scorer = DRIQA(spec, preprocess="none")
-        root = Path(manifest.out_dir)
-        preds = {f"model {spec}": scorer([root / i.name for i in items], [root / i.reference for i in items]).numpy(),
-                 **preds}
+        scorer = (DRIQA(spec, preprocess="tiles", tile_size=args.tile) if args.tile
+                  else DRIQA(spec, preprocess="none"))
+        scores = scorer([root / i.name for i in items], [root / i.reference for i in items]).numpy()
+        preds = {f"model {spec}": scores, **preds}
     print(format_table(score_rows(targets, groups, preds), title="all inputs"))
-    for task in ("sr_x4", "denoise"):
-        idx = [i for i, item in enumerate(items) if item.task == task]
+    for task in sorted({i.task for i in items}):
+        idx = [k for k, item in enumerate(items) if item.task == task]
         subset = {k: np.asarray(v)[idx] for k, v in preds.items()}
-        print(format_table(score_rows(targets[idx], [groups[i] for i in idx], subset), title=f"{task} inputs only"))
+        print(format_table(score_rows(targets[idx], [groups[k] for k in idx], subset), title=f"{task} inputs only"))
+    if args.method_means:
+        print(method_means(items, targets, preds))
 
 
 if __name__ == "__main__":

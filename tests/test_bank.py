@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import struct
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, psnr_vs_input
 from drqa_plugin.data import DataError, PIPALPairs
 from drqa_plugin.data import bank as bank_mod
 from drqa_plugin.data.bank import (
@@ -32,6 +34,10 @@ from drqa_plugin.data.bank import (
     shard,
 )
 from drqa_plugin.errors import ConfigError
+from drqa_plugin.evaluation import read_labelled_list
+from drqa_plugin.metrics import correlate
+from drqa_plugin.train.logs import read_metrics
+from drqa_plugin.weights import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = 32
@@ -100,16 +106,51 @@ def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
     # Scenes are inputs: restored_2 is another restoration of the same input.
     assert {e.scene for e in train.entries} == {i.input_id for i in manifest.items if i.split == "train"}
 
-    try:
-        from drqa_plugin.evaluation import read_labelled_list
-    except ImportError:  # older layout of the package
-        from drqa_plugin.evaluate import read_labelled_list
+    # The CSV beside the list names each sample's method (keyed by task) and photo for the baselines.
+    by_name = {i.name: i for i in manifest.items}
+    assert train.methods is not None
+    for index in range(len(train)):
+        sample = train[index]
+        item = by_name[sample["name"]]
+        assert (sample["method"], sample["photo"]) == (f"{item.task}/{item.method}", item.photo)
+
     pairs = read_labelled_list(out / "val.csv")
     assert len(pairs) == N_ITEMS_PER_PHOTO
     assert {p.group for p in pairs} == {"camera-c0-sr-x2-0", "camera-c0-denoise-0"}
-    if hasattr(pairs[0], "method"):
-        assert sorted(p.method for p in pairs) == sorted(RESTORERS)
+    assert sorted(p.method for p in pairs) == sorted(RESTORERS)
     assert all(p.degraded.name == "ref_" + p.restored.name for p in pairs)
+
+
+def test_trainer_validation_shows_the_baselines_and_trains_the_pair_term(built, tmp_path: Path, capsys) -> None:
+    from drqa_plugin.train.config import load_config
+    from drqa_plugin.train.trainer import train
+
+    out, manifest = built
+    cfg = load_config(None, [f"data.root={out}", "data.kind=pipal", "data.list_file=train.txt",
+                             "data.val_list_file=val.txt", f"data.crop={CROP}", f"output_dir={tmp_path / 'run'}",
+                             "loader.batch_size=2", "schedule.epochs=2", "schedule.stage2_start=1",
+                             "loss.pair=1.0", "log.progress=false", "log.plots=false", "log.log_every=1",
+                             "model.channels_last=false"])
+    summary = train(cfg)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "the model next to the baselines on the same val crops" in text
+    assert "d1+d2+d4+d5" in text and "dr,fr,gap,dr2" in text
+    rows = summary["final_eval_baselines"]
+    assert set(rows) == {METHOD_PRIOR, PSNR_VS_INPUT}
+    val = [i for i in manifest.items if i.split == "val"]
+    assert rows[METHOD_PRIOR]["n"] == rows[PSNR_VS_INPUT]["n"] == len(val)
+    # The val photo is the only photo of the val split: the prior leaves it out and has nothing
+    # left of its own methods, so it falls back to a constant, which ranks nothing.
+    assert rows[METHOD_PRIOR]["srcc"] == 0.0 and rows[METHOD_PRIOR]["grouped_srcc"] == 0.0
+    # PSNR vs input on the centre crops equals the one from the files (the crop is the whole image).
+    want = psnr_vs_input([out / i.name for i in val], [out / i.reference for i in val])
+    got = correlate(want, [i.label for i in val], [i.input_id for i in val])
+    assert rows[PSNR_VS_INPUT]["grouped_srcc"] == pytest.approx(got.grouped_srcc, abs=1e-9)
+    provenance = read_metadata(tmp_path / "run" / "model.safetensors")["provenance"]
+    assert "restoration bank (ssim; combined by mean)" in provenance
+    stage2 = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "train" and r["stage"] == "2"]
+    assert stage2 and all(math.isfinite(float(r["d5"])) for r in stage2)
 
 
 def test_files_and_manifest(built) -> None:

@@ -62,6 +62,20 @@ def test_training_paths_compute_only_what_is_asked():
     assert model.nr_comparator[0].conv1.weight.grad is not None
     with pytest.raises(ValueError, match="unknown paths"):
         model(r, d, r2, p, paths=("dr", "typo"))
+    out = model(r, d, r2, p, paths=("dr2",))
+    assert out.dr is None and out.dr_2 is not None and out.fr is None
+
+
+def test_second_student_path_scores_the_second_restoration_against_the_same_reference():
+    model = randomise_batchnorm(dq.create_model())
+    r, d, r2, p = (torch.randn(3, 3, 64, 64) for _ in range(4))
+    with torch.no_grad():
+        out = model(r, d, r2, p, paths=("dr", "fr", "gap", "dr2"))
+        paper = model(r, d, r2, p, paths=("dr", "fr", "gap"))
+    torch.testing.assert_close(out.dr_2, model(r2, d))
+    torch.testing.assert_close(out.dr, paper.dr)
+    torch.testing.assert_close(out.fr, paper.fr)
+    assert paper.dr_2 is None
     with pytest.raises(ValueError, match="needs restored, degraded, restored_2 and pristine"):
         model(r, d, r2)
 

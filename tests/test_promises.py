@@ -6,6 +6,7 @@ register_labeller. (Trainer promises live in test_train_distributed.py beside th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -67,6 +68,10 @@ def test_demo_trains_prints_the_table_and_lists_its_outputs(tmp_path: Path) -> N
         assert 0.0 < ssim_fr <= 1.0
     assert rows["pristine (perfect)"][-1] == 1.0  # SSIM of the pristine crop against itself
     assert "Rank agreement of the two method means (Spearman):" in text
+    # Per photo, next to the baseline that needs no model; and where the quality model would be.
+    assert re.search(r"Per photo \(SRCC over the methods, mean over photos\): model [+-]\d\.\d\d; "
+                     r"baseline PSNR of the output vs its input [+-]\d\.\d\d", text)
+    assert "(No " in text and "quality_cpu.yaml" in text  # no quality model in this folder
 
     # Where everything is: nothing missing, and the model loads.
     outputs = text.split("\nOutputs:\n", 1)[1].split("\n\n", 1)[0]
@@ -77,6 +82,26 @@ def test_demo_trains_prints_the_table_and_lists_its_outputs(tmp_path: Path) -> N
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert f"drqa score --weights {out / 'model.safetensors'}" in text
     dq.load_model(out / "model.safetensors")
+
+
+def test_demo_quality_table_names_its_photos_and_labeller(weights_file: Path, tmp_path: Path) -> None:
+    """The second table of the demo: a quality_cpu model next to its own labeller, on photos its bank held out."""
+    from drqa_plugin.data.bank import BankConfig, build_bank
+    from drqa_plugin.demo import DemoConfig, quality_table
+
+    cfg = DemoConfig(tmp_path, 2, crop=64, scale=4, photos=2, quality_model=weights_file)
+    text = quality_table(cfg, weights_file, tmp_path / "no_bank")
+    assert "may have been in this model's training data" in text
+    # A finished bank: its held-out photos are used, and the demo says so.
+    bank = tmp_path / "bank"
+    build_bank(BankConfig(include_photos=("astronaut", "coffee", "camera"), val_photos=("coffee",), crop=64,
+                          tasks=("denoise",), restorers=("none", "median"), labellers=("ssim",), progress=False),
+               bank)
+    text = quality_table(cfg, weights_file, bank)
+    assert text.startswith(f"Photos: photos held out of the bank {bank}.")
+    assert "coffee" in text.splitlines()[1] and "astronaut" not in text
+    title = "ST-LPIPS (FR)" if importlib.util.find_spec("stlpips_pytorch") else "SSIM (FR)"
+    assert title in text.splitlines()[1] and "Per photo (SRCC over the methods" in text
 
 
 # ----------------------------------------------------------------------------- DRIQALoss options

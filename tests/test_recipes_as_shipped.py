@@ -37,9 +37,10 @@ def _tiny_pipal(root: Path, crop: int) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     size = crop + 16
-    lines = []
+    lines, val_lines = [], []
     rng = np.random.default_rng(0)
-    for s, name in enumerate(("astronaut", "coffee", "chelsea", "rocket", "camera")):
+    # The last scene is also written as val.txt, for recipes that name a separate val list.
+    for s, name in enumerate(("astronaut", "coffee", "chelsea", "rocket", "camera", "coins")):
         scene = f"A{s + 1:04d}"
         pristine = photo(name, size)
         Image.fromarray(pristine).save(root / f"{scene}.bmp")
@@ -48,8 +49,9 @@ def _tiny_pipal(root: Path, crop: int) -> Path:
             restored = np.clip(pristine + noise, 0, 255).astype(np.uint8)
             Image.fromarray(restored).save(root / f"{scene}_00_{i:02d}.bmp")
             Image.fromarray(np.clip(pristine + 2 * noise, 0, 255).astype(np.uint8)).save(root / f"ref_{scene}_00_{i:02d}.bmp")
-            lines.append(f"{scene}_00_{i:02d}.bmp,{1500 - 60 * i + s}")
+            (val_lines if s == 5 else lines).append(f"{scene}_00_{i:02d}.bmp,{1500 - 60 * i + s}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("\n".join(val_lines) + "\n")
     return root
 
 

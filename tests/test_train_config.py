@@ -15,7 +15,7 @@ from drqa_plugin.train.checkpoint import TrainerState, list_checkpoints, resolve
 from drqa_plugin.config import parse_override
 from drqa_plugin.train.config import ConfigError, LossConfig, ScheduleConfig, TrainConfig, load_config
 from drqa_plugin.train.logs import MetricsLog, read_metrics
-from drqa_plugin.train.losses import distillation_loss, ranking_target, stage_at
+from drqa_plugin.train.losses import distillation_loss, ranking_target, stage_at, stage_paths, stage_terms
 from drqa_plugin.models.ckdn import TrainOutputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,28 @@ def test_distillation_loss_terms_and_weights() -> None:
     assert torch.allclose(s2.total, want)
     with pytest.raises(ValueError, match="stage 2 needs"):
         distillation_loss(TrainOutputs(None, None, nr, None), t1, t2, 2, cfg)
+
+
+def test_pair_term_regresses_the_difference_of_two_restorations_of_one_input() -> None:
+    n = 5
+    dr, dr_2, fr, gap = torch.rand(n), torch.rand(n), torch.rand(n), torch.rand(n)
+    t1, t2 = torch.rand(n), torch.rand(n)
+    off = LossConfig()
+    assert stage_paths(2, off) == ("dr", "fr", "gap") and stage_terms(2, off) == ("d1", "d2", "d4")
+    on = LossConfig(pair=2.0)
+    assert stage_paths(2, on) == ("dr", "fr", "gap", "dr2") and stage_paths(1, on) == ("nr",)
+    s2 = distillation_loss(TrainOutputs(dr, fr, None, gap, dr_2), t1, t2, 2, on)
+    assert set(s2.terms) == set(stage_terms(2, on)) == {"d1", "d2", "d4", "d5"}
+    want_d5 = 2.0 * (((dr - dr_2) - (t1 - t2)) ** 2).mean()
+    assert torch.allclose(s2.terms["d5"], want_d5)
+    paper = distillation_loss(TrainOutputs(dr, fr, None, gap, dr_2), t1, t2, 2, off)
+    assert torch.allclose(s2.total - paper.total, want_d5)
+    # Scores that order the two restorations like their labels (same gap) cost nothing.
+    assert float(distillation_loss(TrainOutputs(t1 + 0.1, fr, None, gap, t2 + 0.1), t1, t2, 2, on).terms["d5"]) < 1e-12
+    with pytest.raises(ValueError, match="needs the 'dr2' path"):
+        distillation_loss(TrainOutputs(dr, fr, None, gap), t1, t2, 2, on)
+    with pytest.raises(ConfigError, match="loss.pair"):
+        load_config(None, ["loss.pair=-1"])
 
 
 def test_stage_boundary_in_epochs_or_steps() -> None:

@@ -14,7 +14,7 @@ full-reference labellers and writes it all in the layout the trainer reads::
     out/inputs/<input>.png         the restorer's actual input (low resolution for SR)
     out/records/<input>.json       per-input record (parameters, raw labeller scores)
     out/train.txt, out/val.txt     "name,MOS" lists, MOS = 900 + 1000 * label
-    out/train.csv, out/val.csv     restored,degraded,mos,group,method,task,pristine (``drqa eval``)
+    out/train.csv, out/val.csv     restored,degraded,mos,group,method,task,pristine,photo (``drqa eval``, trainer baselines)
     out/manifest.json              every parameter, labellers, versions, per-item records
 
 Input ids contain no ``_`` so the trainer's scene (the name up to the first
@@ -1323,8 +1323,8 @@ def _write_lists(out: Path, items: Sequence[BankItem]) -> dict[str, str]:
             continue
         text = "".join(f"{i.name},{i.mos:.6f}\n" for i in chosen)
         _write_if_changed(out / f"{split}.txt", text.encode())
-        rows = ["restored,degraded,mos,group,method,task,pristine\n"]
-        rows += [f"{i.name},{i.reference},{i.mos:.6f},{i.input_id},{i.method},{i.task},{i.pristine}\n"
+        rows = ["restored,degraded,mos,group,method,task,pristine,photo\n"]
+        rows += [f"{i.name},{i.reference},{i.mos:.6f},{i.input_id},{i.method},{i.task},{i.pristine},{i.photo}\n"
                  for i in chosen]
         _write_if_changed(out / f"{split}.csv", "".join(rows).encode())
         lists[f"{split}_list"], lists[f"{split}_csv"] = f"{split}.txt", f"{split}.csv"

@@ -14,6 +14,7 @@ Target = (MOS - 900) / 1000.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Sequence
@@ -91,6 +92,27 @@ def read_pipal_list(list_file: str | os.PathLike, drop_pattern: str = "_06_") ->
     return entries
 
 
+def read_list_methods(list_file: str | os.PathLike) -> dict[str, tuple[str, str]] | None:
+    """``name -> (method, photo)`` from the CSV beside a list, or None when there is none.
+
+    ``drqa data build`` writes ``val.csv`` beside ``val.txt`` with ``restored``, ``method``,
+    ``task`` and ``photo`` columns; the trainer uses it for the method-prior baseline
+    (methods keyed by task, e.g. ``sr_x4/bicubic``; left out by photo, else by scene).
+    """
+    path = Path(list_file).with_suffix(".csv")
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not {"restored", "method"} <= set(reader.fieldnames or ()):
+                return None
+            return {row["restored"]: (f"{row['task']}/{row['method']}" if row.get("task") else row["method"],
+                                      row.get("photo") or "") for row in reader}
+    except (OSError, csv.Error, KeyError) as exc:
+        raise DataError(f"cannot read the methods of {list_file} from {path}: {exc}") from None
+
+
 def pipal_paths(root: str | os.PathLike, name: str, layout: PIPALLayout) -> tuple[Path, Path, Path]:
     """(restored, degraded, pristine) paths of a listed name."""
     base = Path(root)
@@ -166,6 +188,11 @@ class PIPALPairs(Dataset):
         self.by_scene: dict[str, list[int]] = {}
         for i, e in enumerate(entries):
             self.by_scene.setdefault(e.scene, []).append(i)
+        known = read_list_methods(list_file)
+        # (method, photo) per entry for the trainer's baselines; None unless every entry has one.
+        self.methods: list[tuple[str, str]] | None = None
+        if known is not None and all(e.name in known for e in entries):
+            self.methods = [(known[e.name][0], known[e.name][1] or e.scene) for e in entries]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -207,4 +234,5 @@ class PIPALPairs(Dataset):
             "target_2": torch.tensor(mos_to_target(self.entries[partner].mos), dtype=torch.float32),
             "group": self.scene_ids[entry.scene],
             "name": entry.name,
+            **({"method": self.methods[index][0], "photo": self.methods[index][1]} if self.methods else {}),
         }

@@ -30,6 +30,10 @@ from drqa_plugin.models.blocks import (
 from drqa_plugin.pretrained import PretrainedConfig
 from drqa_plugin.registry import ModelVariant, register_variant
 
+#: What a training pass can compute: student, teacher, no-reference ranking, feature gap and
+#: the student's score of the second restoration (same degraded reference).
+TRAIN_PATHS = ("dr", "fr", "nr", "gap", "dr2")
+
 # The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
 # FLOPs, and where the score is formed) always stay fp32.
 TRUNK_MODULES = ("restored_encoder", "reference_encoder", "comparator")
@@ -51,13 +55,16 @@ class TrainOutputs(NamedTuple):
 
     ``dr``/``fr``/``nr`` are sigmoid scores of shape (N,); ``feature_gap`` is the
     per-sample mean squared difference between the degraded and pristine
-    reference features, shape (N,). Paths that were not asked for are ``None``.
+    reference features, shape (N,); ``dr_2`` is the student's score of
+    ``restored_2`` against the same degraded reference (path ``dr2``). Paths that
+    were not asked for are ``None``.
     """
 
     dr: Tensor | None
     fr: Tensor | None
     nr: Tensor | None
     feature_gap: Tensor | None
+    dr_2: Tensor | None = None
 
 
 class Encoder(nn.Module):
@@ -158,33 +165,46 @@ class CKDN(nn.Module):
     def _forward_train(
         self, restored: Tensor, degraded: Tensor, restored_2: Tensor, pristine: Tensor, paths: set[str]
     ) -> TrainOutputs:
-        unknown = paths - {"dr", "fr", "nr", "gap"}
+        unknown = paths - set(TRAIN_PATHS)
         if unknown:
-            raise ValueError(f"unknown paths {sorted(unknown)}; choose from dr, fr, nr, gap")
+            raise ValueError(f"unknown paths {sorted(unknown)}; choose from {', '.join(TRAIN_PATHS)}")
         n = restored.shape[0]
-        need_r2 = "nr" in paths
-        need_refs = bool(paths & {"dr", "fr", "gap"})
+        need_r2 = bool(paths & {"nr", "dr2"})
+        need_d = bool(paths & {"dr", "dr2", "gap"})
+        need_p = bool(paths & {"fr", "gap"})
         # One encoder call per encoder keeps BatchNorm statistics shared the way the
         # official code shares them (it concatenates batches through each module).
         r = self.restored_encoder(torch.cat([restored, restored_2]) if need_r2 else restored)
         r1, r2 = (r[:n], r[n:]) if need_r2 else (r, None)
         d = p = None
-        if need_refs:
+        if need_d and need_p:
             refs = self.reference_encoder(torch.cat([degraded, pristine]))
             d, p = refs[:n], refs[n:]
-        dr = fr = nr = gap = None
-        if "dr" in paths or "fr" in paths:
-            # Student and teacher run through the comparator as one batch [R1-D ; R1-P].
-            scores = self._pool_score(self.comparator(torch.cat([r1 - d, r1 - p])), self.head)
-            dr, fr = scores[:n], scores[n:]
-            dr = dr if "dr" in paths else None
-            fr = fr if "fr" in paths else None
-        if need_r2:
+        elif need_d:
+            d = self.reference_encoder(degraded)
+        elif need_p:
+            p = self.reference_encoder(pristine)
+        # Every comparator input of this pass goes through it as one batch ([R1-D ; R1-P ; R2-D]).
+        pairs = {"dr": (r1, d), "fr": (r1, p), "dr2": (r2, d)}
+        wanted = [k for k in ("dr", "fr", "dr2") if k in paths]
+        scores: dict[str, Tensor] = {}
+        if wanted:
+            diffs = []
+            for k in wanted:
+                a, b = pairs[k]
+                assert a is not None and b is not None  # computed above for every wanted path
+                diffs.append(a - b)
+            joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head)
+            scores = dict(zip(wanted, joint.split(n)))
+        nr = gap = None
+        if "nr" in paths:
+            assert r2 is not None
             nr = self._pool_score(self.nr_comparator(r1 - r2), self.nr_head)
         if "gap" in paths:
             assert d is not None and p is not None  # computed above whenever "gap" is asked for
             gap = (d - p).pow(2).mean(dim=(1, 2, 3))
-        return TrainOutputs(dr=dr, fr=fr, nr=nr, feature_gap=gap)
+        return TrainOutputs(dr=scores.get("dr"), fr=scores.get("fr"), nr=nr, feature_gap=gap,
+                            dr_2=scores.get("dr2"))
 
 
 def frozen_inference_copy(

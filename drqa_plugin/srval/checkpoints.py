@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from drqa_plugin.config import read_yaml_mapping
 from drqa_plugin.errors import ConfigError, MissingFileError, WeightsError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
@@ -258,16 +259,11 @@ def load_basicsr_options(path: str | os.PathLike) -> dict[str, Any]:
         MissingFileError: the file does not exist.
         ConfigError: not YAML, or no ``network_g`` with a ``type``.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"BasicSR option file not found: {path}")
-    try:
-        options = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    network = options.get("network_g") if isinstance(options, dict) else None
+    options = read_yaml_mapping(path)  # safe_load; ConfigError for bad YAML or a non-mapping top level
+    network = options.get("network_g")
     if not isinstance(network, dict) or "type" not in network:
         raise ConfigError(f"{path}: no network_g section with a 'type' (the generator BasicSR builds)")
     return options

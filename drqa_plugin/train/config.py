@@ -70,6 +70,9 @@ class LossConfig:
     # t3 = 1 / (1 + 10 ** ((t1 - t2) * rank_scale)); the paper: (MOS/1000 units) * 1000 / 400.
     # Synthetic labels in [0, 1] are closer together than PIPAL's; a larger scale sharpens t3.
     rank_scale: float = 2.5
+    # d5 (not in the paper; 0 = off): ((dr - dr_2) - (t1 - t2))^2 in stage 2, the student's order of
+    # two restorations of the same input. Costs one more restored-encoder + comparator pass per sample.
+    pair: float = 0.0
 
 
 @dataclass
@@ -149,6 +152,7 @@ def validate(cfg: TrainConfig) -> None:
             f"got {cfg.runtime.mixed_precision!r}",
         ),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
+        (cfg.loss.pair >= 0, f"loss.pair must be >= 0, got {cfg.loss.pair}"),
         (cfg.optim.skip_nonfinite >= 0, f"optim.skip_nonfinite must be >= 0, got {cfg.optim.skip_nonfinite}"),
     ]
     for ok, message in checks:

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from drqa_plugin.train.losses import LOSS_TERMS
+
 COLUMNS = (
-    "split", "step", "epoch", "stage", "lr", "loss", "d1", "d2", "d3", "d4", "nonfinite_skipped",
+    "split", "step", "epoch", "stage", "lr", "loss", *LOSS_TERMS, "nonfinite_skipped",
     "srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n",
     # gradient norm of the row's last optimiser step before / after clipping (when clipping is on;
     # DeepSpeed reports only the first)
@@ -100,7 +102,7 @@ def write_plots(output_dir: Path, final_eval: Any | None) -> list[Path]:
 
 def _plot_losses(plt: Any, rows: list[dict[str, str]], path: Path) -> Path:
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("d1", "d2", "d3", "d4"):
+    for key in LOSS_TERMS:
         xs, ys = _series(rows, "train", key)
         if xs:
             ax_loss.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)

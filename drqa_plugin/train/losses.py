@@ -1,8 +1,15 @@
-"""The four CKDN distillation losses and the two-stage schedule.
+"""The four CKDN distillation losses (plus one of ours) and the two-stage schedule.
 
 Stage 1 optimises only the no-reference ranking term d3; stage 2 optimises the
 student (d1), teacher (d2) and feature-distillation (d4) terms. Each stage asks
 the model only for the paths its losses need, so the other branches do no work.
+
+d5 (``loss.pair``, 0 = off = the paper) is not in the paper: in stage 2 the
+student also scores the second restoration of the same input, and the
+difference of its two scores regresses the difference of the two labels. The
+paper's d1 fits each score on its own; what a validation metric or a loss needs
+is the order of restorations *of one input*, and d5 trains exactly that
+(docs/quality.md measures what it is worth).
 """
 
 from __future__ import annotations
@@ -16,7 +23,21 @@ from drqa_plugin.models.ckdn import TrainOutputs
 from drqa_plugin.train.config import LossConfig, ScheduleConfig
 
 STAGE_PATHS: dict[int, tuple[str, ...]] = {1: ("nr",), 2: ("dr", "fr", "gap")}
-LOSS_TERMS = ("d1", "d2", "d3", "d4")
+LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5")
+
+
+def stage_paths(stage: int, cfg: LossConfig) -> tuple[str, ...]:
+    """The model paths ``stage`` needs under ``cfg`` (stage 2 adds ``dr2`` when d5 is on)."""
+    if stage == 2 and cfg.pair > 0:
+        return STAGE_PATHS[2] + ("dr2",)
+    return STAGE_PATHS[stage]
+
+
+def stage_terms(stage: int, cfg: LossConfig) -> tuple[str, ...]:
+    """The loss terms optimised in ``stage`` under ``cfg``."""
+    if stage == 1:
+        return ("d3",)
+    return ("d1", "d2", "d4", "d5") if cfg.pair > 0 else ("d1", "d2", "d4")
 
 
 def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
@@ -53,6 +74,11 @@ def distillation_loss(
         terms["d1"] = cfg.student * (out.dr.float() - t1).pow(2).mean()
         terms["d2"] = cfg.teacher * (out.fr.float() - t1).pow(2).mean()
         terms["d4"] = cfg.distill * out.feature_gap.float().pow(2).mean()
+        if cfg.pair > 0:
+            if out.dr_2 is None:
+                raise ValueError("loss.pair > 0 needs the 'dr2' path of the model")
+            gap_pred = out.dr.float() - out.dr_2.float()
+            terms["d5"] = cfg.pair * (gap_pred - (t1 - target_2.float())).pow(2).mean()
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     total = torch.stack(list(terms.values())).sum()

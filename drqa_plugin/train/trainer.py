@@ -37,7 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from drqa_plugin.baselines import format_table
 from drqa_plugin.errors import TrainingError
+from drqa_plugin.metrics import Correlations
 from drqa_plugin.pretrained import PreprocessConfig
 from drqa_plugin.registry import create_model
 from drqa_plugin.train.checkpoint import (
@@ -62,10 +64,11 @@ from drqa_plugin.train.loaders import Normalizer, build_loaders
 from drqa_plugin.train.logs import MetricsLog, write_plots
 from drqa_plugin.train.losses import (
     LOSS_TERMS,
-    STAGE_PATHS,
     StageLoss,
     distillation_loss,
     stage_at,
+    stage_paths,
+    stage_terms,
 )
 from drqa_plugin.train.optim import (
     STAGE_BRANCHES,
@@ -141,6 +144,7 @@ class LoopProgress:
     count: int = 0
     last_eval: ValPredictions | None = None
     evaluated_at: int = -1
+    baselines_shown: bool = False
 
     def add(self, terms: Mapping[str, float]) -> None:
         if not terms:  # a skipped (non-finite) batch adds nothing to the averages
@@ -361,8 +365,8 @@ def _enter_stage(run: Run, old: int, new: int) -> None:
     if old:  # branches that start training now begin with a fresh momentum buffer
         clear_momentum(run.optimizer, STAGE_BRANCHES[new] - STAGE_BRANCHES[old])
     if run.accelerator.is_main_process:
-        paths = ",".join(STAGE_PATHS[new])
-        losses = "d3" if new == 1 else "d1+d2+d4"
+        paths = ",".join(stage_paths(new, run.cfg.loss))
+        losses = "+".join(stage_terms(new, run.cfg.loss))
         tqdm.write(f"[drqa train] step {run.state.step}: stage {new} (paths {paths}; losses {losses})")
 
 
@@ -371,7 +375,7 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
     with a.accumulate(run.model):
         with a.autocast():
             out = run.model(norm(batch["restored"]), norm(batch["degraded"]), norm(batch["restored_2"]),
-                            norm(batch["pristine"]), paths=STAGE_PATHS[stage])
+                            norm(batch["pristine"]), paths=stage_paths(stage, cfg.loss))
         loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss)
         if not all_ranks_finite(a, loss.total):  # collective: every rank takes the same branch
             _skip_nonfinite(run, batch, stage, loss)
@@ -466,6 +470,17 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
         run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m})
         summary = " ".join(f"{k}={m[k]:.3f}" for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
         tqdm.write(f"[drqa eval] step {run.state.step}: {summary} ({len(result.scores)} pairs)")
+        if not progress.baselines_shown:  # they do not change: the full table once, then one line
+            rows = [("model", result.correlations), *result.baselines().items()]
+            tqdm.write(format_table(rows, title="[drqa eval] the model next to the baselines on the same val crops:"))
+            progress.baselines_shown = True
+        else:
+            best = max(result.baselines().items(), key=lambda kv: _finite_or(kv[1].grouped_srcc, -2.0))
+            tqdm.write(f"[drqa eval]   best baseline per input: {best[0]} grouped_srcc={best[1].grouped_srcc:.3f}")
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default
 
 
 def _checkpoint(run: Run) -> Path:
@@ -482,11 +497,26 @@ def _export(run: Run, path: Path, what: str) -> None:
         provenance = (
             f"trained by drqa_plugin.train ({what}) at step {run.state.step}: data.kind={cfg.data.kind}, "
             f"crop {cfg.data.crop}, {a.num_processes}x{cfg.loader.batch_size} batch, seed {cfg.seed}; "
-            f"labels: {'PIPAL MOS' if cfg.data.kind == 'pipal' else 'synthetic, ' + cfg.data.labeller}"
+            f"labels: {_label_source(cfg)}"
         )
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # bf16-safe
         save_weights(tensors, path, arch=cfg.model.arch, provenance=provenance,
                      license="same as the training data and code (MIT code; check the data's licence)")
+
+
+def _label_source(cfg: TrainConfig) -> str:
+    """Which labels trained the model, for the weights' provenance (a bank names its labellers)."""
+    if cfg.data.kind != "pipal":
+        return f"synthetic, {cfg.data.labeller}"
+    manifest = Path(cfg.data.root or "") / "manifest.json"
+    try:
+        bank = json.loads(manifest.read_text())
+        labellers, combine, own_list = ", ".join(bank["labellers"]), bank["combine"], bank["lists"]["train_list"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "MOS of the PIPAL-layout list"
+    if Path(cfg.data.list_file or "").name != own_list:  # a list the bank did not write may hold other labels
+        return f"restoration bank, list {cfg.data.list_file} (the bank's own labels: {labellers}; {combine})"
+    return f"restoration bank ({labellers}; combined by {combine})"
 
 
 def _deepspeed_facts(run: Run) -> dict[str, Any] | None:
@@ -522,6 +552,8 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         "rank_fingerprints": list(fingerprints),
         "ranks_identical": len(set(fingerprints)) == 1,
         "final_eval": final_eval.metrics if final_eval else None,
+        "final_eval_baselines": ({name: {k: getattr(c, k) for k in Correlations.FIELDS}
+                                  for name, c in final_eval.baselines().items()} if final_eval else None),
         "best_score": run.state.best_score,
         "best_step": run.state.best_step,
         "model": str(out / "model.safetensors"),

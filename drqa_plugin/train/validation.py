@@ -1,4 +1,5 @@
-"""Validation during training: the student (dr) scores of the val split, gathered without duplicates."""
+"""Validation during training: the student (dr) scores of the val split, gathered without duplicates,
+and the baselines a model must beat on the very same crops (method prior, PSNR vs input)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from drqa_plugin.baselines import METHOD_PRIOR, PSNR_CAP, PSNR_VS_INPUT, method_prior, score_rows
 from drqa_plugin.metrics import Correlations, correlate
 from drqa_plugin.train.distributed import rng_neutral, sync_buffers
 from drqa_plugin.train.loaders import Normalizer
@@ -26,6 +28,16 @@ class ValPredictions:
     targets: list[float]
     groups: list[int]
     names: list[str]
+    psnr_input: list[float]  # PSNR of each restored crop against its degraded reference crop
+    methods: list[str] | None = None  # restoration method per sample, where the data names it
+    photos: list[str] | None = None  # what the method prior leaves out (the photo, else the scene)
+
+    def baselines(self) -> dict[str, Correlations]:
+        """The baseline rows on the same samples: method prior (where methods are known), PSNR vs input."""
+        preds: dict[str, list[float]] = {PSNR_VS_INPUT: self.psnr_input}
+        if self.methods is not None and self.photos is not None and self.targets:
+            preds = {METHOD_PRIOR: method_prior(self.methods, self.targets, self.photos).tolist(), **preds}
+        return dict(score_rows(self.targets, self.groups, preds))
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -43,16 +55,26 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
     targets: list[float] = []
     groups: list[int] = []
     names: list[str] = []
+    psnrs: list[float] = []
+    methods: list[str] | None = None
+    photos: list[str] | None = None
     bar = tqdm(rng_neutral(loader, accelerator.device), total=len(loader), desc=desc, leave=False,
                disable=not (accelerator.is_main_process and progress))
     for batch in bar:
         with accelerator.autocast():
             s = model(norm(batch["restored"]), norm(batch["degraded"]))
-        s, t, g = accelerator.gather_for_metrics((s.float(), batch["target"].float(), batch["group"]))
+        p = psnr_batch(batch["restored"], batch["degraded"])
+        s, t, g, p = accelerator.gather_for_metrics((s.float(), batch["target"].float(), batch["group"], p))
         scores += s.cpu().tolist()
         targets += t.cpu().tolist()
         groups += g.cpu().tolist()
+        psnrs += p.cpu().tolist()
         names += list(accelerator.gather_for_metrics(list(batch["name"]), use_gather_object=True))
+        if "method" in batch:
+            methods = (methods or []) + list(accelerator.gather_for_metrics(list(batch["method"]),
+                                                                            use_gather_object=True))
+            photos = (photos or []) + list(accelerator.gather_for_metrics(list(batch["photo"]),
+                                                                          use_gather_object=True))
     model.train()
     # A sample without a usable label (a labeller's NaN) says nothing about the model: leave it out
     # of the correlations, and say so. A non-finite *prediction* is the model's fault and still fails.
@@ -63,7 +85,15 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
     kept_scores, kept_targets = [scores[i] for i in kept], [targets[i] for i in kept]
     kept_groups, kept_names = [groups[i] for i in kept], [names[i] for i in kept]
     return ValPredictions(correlate(kept_scores, kept_targets, kept_groups), kept_scores, kept_targets, kept_groups,
-                          kept_names)
+                          kept_names, [psnrs[i] for i in kept],
+                          None if methods is None else [methods[i] for i in kept],
+                          None if photos is None else [photos[i] for i in kept])
+
+
+def psnr_batch(restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR (dB) of two (N,3,H,W) batches in [0, 1], capped like :func:`drqa_plugin.baselines.psnr`."""
+    mse = (restored.float() - degraded.float()).pow(2).flatten(1).mean(dim=1)  # float32: MPS has no float64
+    return (-10.0 * torch.log10(mse.clamp_min(10 ** (-PSNR_CAP / 10)))).float()
 
 
 def write_predictions(path: Path, result: ValPredictions) -> None:
