@@ -15,6 +15,7 @@ Variants (``--variant NAME``; default: all):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,18 +50,16 @@ __doc__ += "\n".join(f"    {k:14s} {v[0]}" for k, v in VARIANTS.items()) + "\n"
 
 def single_labeller_lists(bank: Path, labeller: str, suffix: str) -> None:
     """``train_<suffix>.txt/.csv`` and ``val_<suffix>.txt/.csv``: the bank's lists labelled by one labeller."""
-    from drqa_plugin.data.bank import MOS_OFFSET, MOS_SCALE, combine_scores, load_manifest
+    from drqa_plugin.data.bank import MOS_OFFSET, MOS_SCALE, combine_scores, list_texts, load_manifest
 
     manifest = load_manifest(bank)
     labels = combine_scores([i.scores for i in manifest.items], [labeller], "rank")
+    relabelled = [dataclasses.replace(i, label=float(v), mos=MOS_OFFSET + MOS_SCALE * float(v))
+                  for i, v in zip(manifest.items, labels)]
     for split in ("train", "val"):
-        chosen = [(i, float(v)) for i, v in zip(manifest.items, labels) if i.split == split]
-        txt = "".join(f"{i.name},{MOS_OFFSET + MOS_SCALE * v:.6f}\n" for i, v in chosen)
-        rows = ["restored,degraded,mos,group,method,task,pristine,photo\n"]
-        rows += [f"{i.name},{i.reference},{MOS_OFFSET + MOS_SCALE * v:.6f},{i.input_id},{i.method},{i.task},"
-                 f"{i.pristine},{i.photo}\n" for i, v in chosen]
-        (bank / f"{split}_{suffix}.txt").write_text(txt)
-        (bank / f"{split}_{suffix}.csv").write_text("".join(rows))
+        text, table = list_texts([i for i in relabelled if i.split == split])
+        (bank / f"{split}_{suffix}.txt").write_text(text)
+        (bank / f"{split}_{suffix}.csv").write_text(table)
 
 
 def compact(weights: Path, out: Path) -> Path:

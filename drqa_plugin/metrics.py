@@ -44,6 +44,10 @@ class Correlations:
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
+    def row(self) -> dict[str, float | int]:
+        """The :attr:`FIELDS` of a validation log row or summary."""
+        return {k: getattr(self, k) for k in self.FIELDS}
+
     @property
     def selection_score(self) -> float:
         """SRCC + PLCC, the official model-selection criterion (NaN counts as -inf)."""

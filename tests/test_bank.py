@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from test_train_distributed import _accelerate, _free_port
 
 from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, psnr_vs_input
 from drqa_plugin.data import DataError, PIPALPairs
@@ -251,12 +251,6 @@ def test_ranks_build_their_shares(built, photo_dir: Path, tmp_path: Path) -> Non
     assert digest(target) == digest(out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(built, photo_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("accelerate")
@@ -276,11 +270,9 @@ def test_accelerate_launch_two_processes(built, photo_dir: Path, tmp_path: Path)
     accel_cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: 'no'\n"
                          "use_cpu: false\nnum_machines: 1\nmachine_rank: 0\nnum_processes: 2\n"
                          "rdzv_backend: static\nsame_network: true\nmain_training_function: main\n")
-    exe = Path(sys.executable).with_name("accelerate")
-    launcher = [str(exe), "launch"] if exe.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [*launcher, "--config_file", str(accel_cfg), "--multi_gpu", "--num_processes", "2",
+    cmd = [*_accelerate(), "--config_file", str(accel_cfg), "--multi_gpu", "--num_processes", "2",
            "--main_process_port", str(_free_port()), str(script)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

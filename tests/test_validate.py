@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from drqa_plugin.srval.shards import ShardStore
 from drqa_plugin.srval.tiling import super_resolve, to_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train_distributed import _accelerate, _free_port  # noqa: E402
 from validate_helpers import (  # noqa: E402
     compact_state,
     make_checkpoints,
@@ -407,17 +407,6 @@ def test_score_sharded_resumes(tmp_path: Path, weights_file: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- real launches
-
-
-def _accelerate() -> list[str]:
-    exe = Path(sys.executable).with_name("accelerate")
-    return [str(exe), "launch"] if exe.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch_cmd(*args: str) -> list[str]:

@@ -1315,18 +1315,24 @@ def _versions(restorers: Sequence[Restorer], labellers: Sequence[str]) -> dict[s
     return out
 
 
+def list_texts(items: Sequence[BankItem]) -> tuple[str, str]:
+    """The trainer's ``name,MOS`` list and the ``drqa eval`` / baselines CSV of ``items``."""
+    text = "".join(f"{i.name},{i.mos:.6f}\n" for i in items)
+    rows = ["restored,degraded,mos,group,method,task,pristine,photo\n"]
+    rows += [f"{i.name},{i.reference},{i.mos:.6f},{i.input_id},{i.method},{i.task},{i.pristine},{i.photo}\n"
+             for i in items]
+    return text, "".join(rows)
+
+
 def _write_lists(out: Path, items: Sequence[BankItem]) -> dict[str, str]:
     lists = {}
     for split in ("train", "val"):
         chosen = [i for i in items if i.split == split]
         if not chosen:
             continue
-        text = "".join(f"{i.name},{i.mos:.6f}\n" for i in chosen)
+        text, table = list_texts(chosen)
         _write_if_changed(out / f"{split}.txt", text.encode())
-        rows = ["restored,degraded,mos,group,method,task,pristine,photo\n"]
-        rows += [f"{i.name},{i.reference},{i.mos:.6f},{i.input_id},{i.method},{i.task},{i.pristine},{i.photo}\n"
-                 for i in chosen]
-        _write_if_changed(out / f"{split}.csv", "".join(rows).encode())
+        _write_if_changed(out / f"{split}.csv", table.encode())
         lists[f"{split}_list"], lists[f"{split}_csv"] = f"{split}.txt", f"{split}.csv"
     for split in ("train", "val"):  # a list left from an earlier, different split must not linger
         for suffix in ("txt", "csv"):
@@ -1488,6 +1494,7 @@ __all__ = [
     "build_bank",
     "combine_scores",
     "degrade_input",
+    "list_texts",
     "load_manifest",
     "plan_inputs",
     "read_ncnn_param",

@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 
 from drqa_plugin.baselines import format_table
 from drqa_plugin.errors import TrainingError
-from drqa_plugin.metrics import Correlations
 from drqa_plugin.pretrained import PreprocessConfig
 from drqa_plugin.registry import create_model
 from drqa_plugin.train.checkpoint import (
@@ -552,8 +551,8 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         "rank_fingerprints": list(fingerprints),
         "ranks_identical": len(set(fingerprints)) == 1,
         "final_eval": final_eval.metrics if final_eval else None,
-        "final_eval_baselines": ({name: {k: getattr(c, k) for k in Correlations.FIELDS}
-                                  for name, c in final_eval.baselines().items()} if final_eval else None),
+        "final_eval_baselines": ({name: c.row() for name, c in final_eval.baselines().items()}
+                                 if final_eval else None),
         "best_score": run.state.best_score,
         "best_step": run.state.best_step,
         "model": str(out / "model.safetensors"),

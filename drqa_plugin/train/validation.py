@@ -42,7 +42,7 @@ class ValPredictions:
     @property
     def metrics(self) -> dict[str, float]:
         """The correlations as a flat row (what the metrics log and the summary hold)."""
-        return {k: getattr(self.correlations, k) for k in Correlations.FIELDS}
+        return self.correlations.row()
 
 
 @torch.no_grad()
