@@ -53,7 +53,7 @@ SR = ("bicubic", "lanczos", "nearest", "unsharp", "realesrgan_x4plus")
 DENOISE = ("ffdnet", "tv", "nlmeans", "wavelet")
 
 
-def gather_photos(opencv_doc: Path, folder: Path) -> Path:
+def copy_heldout_photos(opencv_doc: Path, folder: Path) -> Path:
     import matplotlib.cbook
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def build_heldout(opencv_doc: Path, out: Path) -> Path:
     missing = sorted(set(SR + DENOISE) - installed)
     if missing:
         print(f"note: restorers not installed, left out: {missing}")
-    cfg = BankConfig(photos=str(gather_photos(opencv_doc, out / "photos")), crop=256, crops_per_photo=2,
+    cfg = BankConfig(photos=str(copy_heldout_photos(opencv_doc, out / "photos")), crop=256, crops_per_photo=2,
                      tasks=("sr_x4", "denoise"), sr_blur_prob=0.0, sr_noise_prob=0.0, sr_jpeg_prob=0.0,
                      sr_down_interpolations=("bicubic",), dn_noise_sigma_range=(15 / 255, 50 / 255),
                      restorers=restorers, vary_strength=False, labellers=("stlpips_alex",), val_fraction=1.0, seed=11)

@@ -21,6 +21,7 @@ from drqa_plugin.data import (
     ssim,
 )
 from drqa_plugin.data.pipal import mos_to_target
+from drqa_plugin.errors import ConfigError
 from drqa_plugin.data.synthetic import RestoreContext, degrade, restore, sample_rng
 
 IMAGE_KEYS = ("restored", "degraded", "restored_2", "pristine")
@@ -421,3 +422,32 @@ def test_relative_list_file_is_found_under_root(tmp_path, monkeypatch):
     assert resolve_list_file("train.txt", str(tmp_path)) == str(tmp_path / "train.txt")
     (elsewhere / "train.txt").write_text("")
     assert resolve_list_file("train.txt", str(tmp_path)) == "train.txt"  # an existing relative path wins
+
+
+def test_pipal_augment_applies_one_symmetry_to_all_images_of_a_sample(tmp_path):
+    from drqa_plugin.data.pipal import dihedral
+
+    square = np.arange(2 * 2 * 1).reshape(2, 2, 1)
+    variants = {dihedral(square, k).tobytes() for k in range(8)}
+    assert len(variants) == 8 and np.array_equal(dihedral(square, 0), square)  # the 8 symmetries, all distinct
+    list_file, _ = make_pipal(tmp_path / "pipal")
+    root = tmp_path / "pipal"
+    plain = PIPALPairs(root, list_file, crop=24, seed=7)
+    augmented = PIPALPairs(root, list_file, crop=24, seed=7, augment=True)
+    seen = set()
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        augmented.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], augmented[i]
+            # The same crop box and partner as without augmentation, then one symmetry for every image.
+            matches = [k for k in range(8)
+                       if all(np.array_equal(dihedral(_as_uint8(a[key]), k), _as_uint8(b[key])) for key in IMAGE_KEYS)]
+            assert matches, (epoch, i)
+            seen.add(matches[0])
+            assert float(a["target_2"]) == float(b["target_2"])
+    assert len(seen) >= 5  # drawn, not fixed
+    cfg = DataConfig(kind="pipal", root=str(root), list_file=str(list_file), crop=24, augment=True, val_fraction=0.4)
+    assert build_dataset(cfg, "train").augment and not build_dataset(cfg, "val").augment
+    with pytest.raises(ConfigError, match="data.augment"):
+        DataConfig(augment="yes")

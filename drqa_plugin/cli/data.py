@@ -1,5 +1,8 @@
 """``drqa data build``: a restoration bank from pristine photos (degraded inputs, restorations, FR labels).
 
+``drqa data photos`` first gathers photos from several folders (and scikit-image's
+bundled ones) into one folder, downscaling large ones, for ``--photos``.
+
 The bank is written in the PIPAL layout the trainer reads (``data.kind=pipal
 data.root=BANK data.list_file=train.txt data.val_list_file=val.txt``) plus
 ``train.csv``/``val.csv`` for ``drqa eval`` and ``manifest.json`` with every
@@ -30,10 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--crop", type=int, default=None, help="side of the pristine crops in px")
     build.add_argument("--crops-per-photo", type=int, default=None)
     build.add_argument("--val-fraction", type=float, default=None, help="fraction of photos held out for val.txt")
+    build.add_argument("--val-photo", action="append", dest="val_photos", metavar="NAME",
+                       help="photo (file stem) held out for val.txt (repeatable; replaces --val-fraction)")
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--device", default=None, help="where restoration networks run (cpu, cuda)")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=run_build)
+    photos = actions.add_parser("photos", help="gather photos from folders into one folder for --photos, "
+                                "downscaling large ones")
+    photos.add_argument("--from", action="append", dest="sources", default=[], metavar="DIR",
+                        help="folder of photos (repeatable, recursive)")
+    photos.add_argument("--bundled", action="store_true", help="also take scikit-image's bundled photos")
+    photos.add_argument("--out", required=True, help="folder to write (photos.json records the sources)")
+    photos.add_argument("--short-side", type=int, default=512,
+                        help="downscale photos whose shorter side is larger (px; 0 = never); default 512")
+    photos.add_argument("--no-progress", action="store_true")
+    photos.set_defaults(func=run_photos)
 
 
 def bank_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +62,7 @@ def bank_options(args: argparse.Namespace) -> dict[str, Any]:
         "crop": args.crop,
         "crops_per_photo": args.crops_per_photo,
         "val_fraction": args.val_fraction,
+        "val_photos": args.val_photos,
         "seed": args.seed,
         "device": args.device,
     }
@@ -69,4 +85,17 @@ def run_build(args: argparse.Namespace) -> int:
               f"({', '.join(f'{n} {s}' for s, n in sorted(splits.items()))}); wrote {len(manifest.written)} now")
         print(f"train on it: python -m drqa_plugin.train --config ... data.kind=pipal data.root={args.out} "
               "data.list_file=train.txt data.val_list_file=val.txt")
+    return 0
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    from drqa_plugin.data.photos import gather_photos
+    from drqa_plugin.errors import DataError
+
+    sources = ([None] if args.bundled else []) + list(args.sources)
+    if not sources:
+        raise DataError("give --from DIR (repeatable) and/or --bundled")
+    written = gather_photos(sources, args.out, short_side=args.short_side or None, progress=not args.no_progress)
+    print(f"{len(written)} photos in {args.out} (sources and sha256 in {args.out}/photos.json); "
+          f"next: drqa data build --photos {args.out} --out BANK ...")
     return 0

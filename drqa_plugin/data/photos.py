@@ -6,7 +6,11 @@ file is a readable image); pixels are decoded on first use and cached.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -111,3 +115,71 @@ def read_rgb_cached(path: str) -> np.ndarray:
     image = read_rgb(path)
     image.setflags(write=False)
     return image
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gather_photos(sources: Sequence[str | os.PathLike | None], out_dir: str | os.PathLike, *,
+                  short_side: int | None = 512, progress: bool = True) -> list[Path]:
+    """Collect photos from several folders into one folder for ``drqa data build --photos``.
+
+    ``sources``: photo folders (recursive), ``None`` for scikit-image's bundled photos.
+    Photos whose shorter side exceeds ``short_side`` are downscaled to it (Lanczos, RGB PNG):
+    wallpapers and camera files are 2-6k px wide, and a 256 px crop of them is a patch of sky
+    or bokeh, not a scene; smaller photos are copied byte for byte. Names (file stems) must be
+    unique across the sources, since a bank names its photos by them. ``photos.json`` in
+    ``out_dir`` records each photo's source, size and sha256, so a bank built on the folder
+    can be traced back. Returns the written paths, sorted.
+
+    Raises:
+        DataError: a missing or empty source, clashing names, an unreadable photo or a bad
+            ``short_side``.
+    """
+    if short_side is not None and (isinstance(short_side, bool) or int(short_side) != short_side or short_side < 16):
+        raise DataError(f"short_side must be an integer >= 16 or None, got {short_side!r}")
+    if not sources:
+        raise DataError("gather_photos needs at least one source (a folder, or None for the bundled photos)")
+    chosen: dict[str, Photo] = {}
+    for source in sources:
+        for photo in list_photos(source):
+            name = Path(photo.name).name
+            if name in chosen:
+                raise DataError(f"two photos are named {name!r} ({chosen[name].path} and {photo.path}); "
+                                "rename one, since a bank names its photos by file stem")
+            chosen[name] = photo
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    record, written = {}, []
+    for name, photo in tqdm(sorted(chosen.items()), desc="photos", unit="photo", disable=not progress):
+        src = Path(photo.path)
+        if short_side is None or min(photo.width, photo.height) <= short_side:
+            dest, resized = out / f"{name}{src.suffix.lower()}", False
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(src, tmp)
+        else:
+            pixels = read_rgb(src)  # EXIF orientation applied, so sizes come from the pixels
+            h, w = pixels.shape[:2]
+            scale = short_side / min(w, h)
+            image = Image.fromarray(pixels).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+            dest, resized = out / f"{name}.png", True
+            tmp = dest.with_name(dest.name + ".tmp")
+            image.save(tmp, format="PNG")
+        os.replace(tmp, dest)
+        with Image.open(dest) as im:
+            width, height = im.size
+        record[dest.name] = {"source": str(src), "source_size": [photo.width, photo.height],
+                             "size": [width, height], "resized": resized, "sha256": _sha256(dest)}
+        written.append(dest)
+    manifest = out / "photos.json"
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps({"short_side": short_side, "photos": record}, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, manifest)
+    return sorted(written)

@@ -143,13 +143,21 @@ def split_scenes(scenes: Sequence[str], val_fraction: float, split_seed: int) ->
     return set(unique) - val, val
 
 
+def dihedral(image: np.ndarray, symmetry: int) -> np.ndarray:
+    """One of the 8 symmetries of the square (0 = identity) of an HWC image: rotations by
+    ``symmetry % 4`` quarter turns, mirrored when ``symmetry >= 4``."""
+    out = np.rot90(image, symmetry % 4, axes=(0, 1))
+    return out[:, ::-1] if symmetry >= 4 else out
+
+
 class PIPALPairs(Dataset):
     """Samples of a PIPAL-layout list, same dict format as the synthetic pipeline.
 
     ``split=None`` uses every entry; "train"/"val" partition the scenes by
     ``val_fraction`` and ``split_seed`` (or pass a separate val list and
     ``split=None``). Training crops are random (from seed, epoch, index),
-    ``random_crop=False`` takes the centre. Images smaller than ``crop`` raise.
+    ``random_crop=False`` takes the centre; ``augment`` flips/transposes each sample's crops
+    (one of the 8 symmetries of the square, from the same seed). Images smaller than ``crop`` raise.
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class PIPALPairs(Dataset):
         layout: PIPALLayout | None = None,
         seed: int = 0,
         random_crop: bool = True,
+        augment: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -172,6 +181,7 @@ class PIPALPairs(Dataset):
         self.crop = int(crop)
         self.seed = int(seed)
         self.random_crop = random_crop
+        self.augment = augment
         self.epoch = 0
         entries = read_pipal_list(list_file, self.layout.drop_pattern)
         if split is not None:
@@ -227,7 +237,11 @@ class PIPALPairs(Dataset):
             raise DataError(f"{entry.name} (list line {entry.line}): {w}x{h} is smaller than crop {self.crop}")
         top, left = self._crop_box(h, w, rng)
         c = self.crop
-        sample = {k: to_float_batch(a[top:top + c, left:left + c])[0] for k, a in arrays.items()}
+        crops = {k: a[top:top + c, left:left + c] for k, a in arrays.items()}
+        if self.augment:
+            symmetry = int(rng.integers(8))
+            crops = {k: dihedral(a, symmetry) for k, a in crops.items()}
+        sample = {k: to_float_batch(np.ascontiguousarray(a))[0] for k, a in crops.items()}
         return {
             **sample,
             "target": torch.tensor(mos_to_target(entry.mos), dtype=torch.float32),
