@@ -711,7 +711,8 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (weights, checkpoints, photos)."""
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -722,7 +723,7 @@ def _sha256_file(path: Path) -> str:
 def _matches(path: Path, sha256: str) -> bool:
     key = _stat_key(path)
     if key not in _VERIFIED:
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if not digest.startswith(sha256):
             return False
         _VERIFIED[key] = digest

@@ -6,7 +6,6 @@ file is a readable image); pixels are decoded on first use and cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from drqa_plugin.constants import IMAGE_SUFFIXES
 from drqa_plugin.errors import DataError, ImageInputError
+from drqa_plugin.hub import sha256_file
 from drqa_plugin.images import read_image, to_uint8
 
 # Natural photos among scikit-image's bundled data files (no synthetic patterns,
@@ -117,14 +117,6 @@ def read_rgb_cached(path: str) -> np.ndarray:
     return image
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def gather_photos(sources: Sequence[str | os.PathLike | None], out_dir: str | os.PathLike, *,
                   short_side: int | None = 512, progress: bool = True) -> list[Path]:
     """Collect photos from several folders into one folder for ``drqa data build --photos``.
@@ -161,7 +153,7 @@ def gather_photos(sources: Sequence[str | os.PathLike | None], out_dir: str | os
     for name, photo in tqdm(sorted(chosen.items()), desc="photos", unit="photo", disable=not progress):
         src = Path(photo.path)
         if short_side is None or min(photo.width, photo.height) <= short_side:
-            dest, resized = out / f"{name}{src.suffix.lower()}", False
+            dest, resized, size = out / f"{name}{src.suffix.lower()}", False, (photo.width, photo.height)
             tmp = dest.with_name(dest.name + ".tmp")
             shutil.copyfile(src, tmp)
         else:
@@ -169,14 +161,12 @@ def gather_photos(sources: Sequence[str | os.PathLike | None], out_dir: str | os
             h, w = pixels.shape[:2]
             scale = short_side / min(w, h)
             image = Image.fromarray(pixels).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-            dest, resized = out / f"{name}.png", True
+            dest, resized, size = out / f"{name}.png", True, image.size
             tmp = dest.with_name(dest.name + ".tmp")
             image.save(tmp, format="PNG")
         os.replace(tmp, dest)
-        with Image.open(dest) as im:
-            width, height = im.size
         record[dest.name] = {"source": str(src), "source_size": [photo.width, photo.height],
-                             "size": [width, height], "resized": resized, "sha256": _sha256(dest)}
+                             "size": list(size), "resized": resized, "sha256": sha256_file(dest)}
         written.append(dest)
     manifest = out / "photos.json"
     tmp = manifest.with_name(manifest.name + ".tmp")

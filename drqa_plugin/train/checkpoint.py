@@ -18,7 +18,6 @@ with the differences named.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from drqa_plugin.errors import MissingFileError, TrainingError
+from drqa_plugin.hub import sha256_file
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d+)$")
@@ -108,18 +108,10 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_manifest(folder: Path) -> dict[str, list[Any]]:
     """``{relative path: [size, sha256]}`` of every file under ``folder`` but the state file."""
     return {
-        str(p.relative_to(folder)): [p.stat().st_size, _digest(p)]
+        str(p.relative_to(folder)): [p.stat().st_size, sha256_file(p)]
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != STATE_FILE
     }
@@ -140,7 +132,7 @@ def verify_checkpoint(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written (truncated?)"
-        if _digest(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not match the SHA-256 recorded when it was written (corrupt)"
     return None
 

@@ -143,7 +143,7 @@ class LoopProgress:
     count: int = 0
     last_eval: ValPredictions | None = None
     evaluated_at: int = -1
-    baselines_shown: bool = False
+    best_baseline: str = ""  # the baselines' line, computed once (the val crops do not change)
 
     def add(self, terms: Mapping[str, float]) -> None:
         if not terms:  # a skipped (non-finite) batch adds nothing to the averages
@@ -469,13 +469,14 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
         run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m})
         summary = " ".join(f"{k}={m[k]:.3f}" for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
         tqdm.write(f"[drqa eval] step {run.state.step}: {summary} ({len(result.scores)} pairs)")
-        if not progress.baselines_shown:  # they do not change: the full table once, then one line
-            rows = [("model", result.correlations), *result.baselines().items()]
+        if not progress.best_baseline:  # they do not change: the full table once, then one line
+            baselines = result.baselines()
+            rows = [("model", result.correlations), *baselines.items()]
             tqdm.write(format_table(rows, title="[drqa eval] the model next to the baselines on the same val crops:"))
-            progress.baselines_shown = True
+            best = max(baselines.items(), key=lambda kv: _finite_or(kv[1].grouped_srcc, -2.0))
+            progress.best_baseline = f"[drqa eval]   best baseline per input: {best[0]} grouped_srcc={best[1].grouped_srcc:.3f}"
         else:
-            best = max(result.baselines().items(), key=lambda kv: _finite_or(kv[1].grouped_srcc, -2.0))
-            tqdm.write(f"[drqa eval]   best baseline per input: {best[0]} grouped_srcc={best[1].grouped_srcc:.3f}")
+            tqdm.write(progress.best_baseline)
 
 
 def _finite_or(value: float, default: float) -> float:
