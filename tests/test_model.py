@@ -80,6 +80,16 @@ def test_second_student_path_scores_the_second_restoration_against_the_same_refe
         model(r, d, r2)
 
 
+def test_mismatch_path_scores_each_restoration_against_the_next_samples_reference():
+    model = randomise_batchnorm(dq.create_model())
+    r, d, r2, p = (torch.randn(3, 3, 64, 64) for _ in range(4))
+    with torch.no_grad():
+        out = model(r, d, r2, p, paths=("dr", "drx"))
+    torch.testing.assert_close(out.dr_x, model(r, d[[2, 0, 1]]))  # sample i against the reference of i - 1
+    torch.testing.assert_close(out.dr, model(r, d))
+    assert out.fr is None and out.dr_2 is None
+
+
 def test_batchnorm_folding_is_exact(random_model):
     x, y = torch.randn(2, 3, 96, 96), torch.randn(2, 3, 96, 96)
     folded = fold_batchnorm(copy.deepcopy(random_model).eval())

@@ -48,6 +48,7 @@ def test_overrides_are_typed_and_dotted(tmp_path: Path) -> None:
         ("data.kind=imagenet", "data.kind"),
         ("max_steps", "key=value"),
         ("max_steps.x=1", "is a value"),
+        ("loss.ranking_stage2=-0.5", "loss.ranking_stage2 must be >= 0"),
     ],
 )
 def test_bad_config_values_name_the_key(override: str, message: str) -> None:
@@ -176,6 +177,38 @@ def test_distillation_loss_terms_and_weights() -> None:
         distillation_loss(TrainOutputs(None, None, nr, None), t1, t2, 2, cfg)
 
 
+def test_ranking_term_can_stay_on_in_stage_2() -> None:
+    n = 6
+    dr, fr, nr, gap = torch.rand(n), torch.rand(n), torch.rand(n), torch.rand(n)
+    t1, t2 = torch.rand(n), torch.rand(n)
+    keep = LossConfig(ranking_stage2=0.25, rank_scale=5.0)
+    assert stage_paths(2, keep) == ("dr", "fr", "gap", "nr") and stage_terms(2, keep) == ("d1", "d2", "d4", "d3")
+    s2 = distillation_loss(TrainOutputs(dr, fr, nr, gap), t1, t2, 2, keep)
+    assert set(s2.terms) == {"d1", "d2", "d4", "d3"}
+    # The same ranking target as stage 1, with the stage-2 weight instead of loss.ranking.
+    stage1 = distillation_loss(TrainOutputs(None, None, nr, None), t1, t2, 1, keep)
+    assert torch.allclose(s2.terms["d3"], stage1.terms["d3"] * (0.25 / keep.ranking))
+    paper = distillation_loss(TrainOutputs(dr, fr, None, gap), t1, t2, 2, LossConfig(rank_scale=5.0))
+    assert torch.allclose(s2.total - paper.total, s2.terms["d3"], atol=1e-6)
+    with pytest.raises(ValueError, match="d3 in stage 2 needs the 'nr' path"):
+        distillation_loss(TrainOutputs(dr, fr, None, gap), t1, t2, 2, keep)
+
+
+def test_mismatch_term_pulls_the_score_against_another_input_to_zero() -> None:
+    n = 4
+    dr, fr, gap, dr_x = torch.rand(n), torch.rand(n), torch.rand(n), torch.rand(n)
+    t1, t2 = torch.rand(n), torch.rand(n)
+    on = LossConfig(mismatch=0.5, ranking_stage2=0.1)
+    assert stage_paths(2, on) == ("dr", "fr", "gap", "nr", "drx") and stage_terms(2, on) == ("d1", "d2", "d4", "d3", "d6")
+    assert stage_paths(1, on) == ("nr",) and stage_terms(1, on) == ("d3",)
+    s2 = distillation_loss(TrainOutputs(dr, fr, torch.rand(n), gap, None, dr_x), t1, t2, 2, on)
+    assert torch.allclose(s2.terms["d6"], 0.5 * dr_x.pow(2).mean())
+    with pytest.raises(ValueError, match="needs the 'drx' path"):
+        distillation_loss(TrainOutputs(dr, fr, torch.rand(n), gap), t1, t2, 2, on)
+    with pytest.raises(ConfigError, match="loss.mismatch must be >= 0"):
+        load_config(None, ["loss.mismatch=-1"])
+
+
 def test_pair_term_regresses_the_difference_of_two_restorations_of_one_input() -> None:
     n = 5
     dr, dr_2, fr, gap = torch.rand(n), torch.rand(n), torch.rand(n), torch.rand(n)
@@ -207,7 +240,7 @@ def test_stage_boundary_in_epochs_or_steps() -> None:
 
 def test_param_groups_split_decay_and_branches() -> None:
     from drqa_plugin import create_model
-    from drqa_plugin.train.optim import STAGE_BRANCHES, make_optimizer, set_lr
+    from drqa_plugin.train.optim import STAGE_BRANCHES, make_optimizer, set_lr, stage_branches
 
     cfg = load_config(RECIPES / "configs" / "ckdn_pipal.yaml", ["data.root=/d", "data.list_file=l.txt"])
     model = create_model("ckdn_r50")
@@ -219,21 +252,26 @@ def test_param_groups_split_decay_and_branches() -> None:
         assert g["nesterov"] and g["momentum"] == 0.9
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}
     for stage in (1, 2):
-        set_lr(opt, 0.16, stage)
+        assert stage_branches(stage, cfg.loss) == STAGE_BRANCHES[stage]
+        set_lr(opt, 0.16, stage_branches(stage, cfg.loss))
         for g in opt.param_groups:
             assert g["lr"] == (0.16 if g["branch"] in STAGE_BRANCHES[stage] else 0.0)
+    # d3 kept in stage 2 keeps its branch training there, and only there.
+    keep = LossConfig(ranking_stage2=0.5)
+    assert stage_branches(2, keep) == {"shared", "reference", "ranking"}
+    assert stage_branches(1, keep) == STAGE_BRANCHES[1]
 
 
 def test_zero_lr_groups_stay_put_even_with_zero_gradients() -> None:
     """What DeepSpeed ZeRO does to unused parameters (zero grads) must not move them."""
     from drqa_plugin import create_model
-    from drqa_plugin.train.optim import clear_momentum, make_optimizer, set_lr
+    from drqa_plugin.train.optim import STAGE_BRANCHES, clear_momentum, make_optimizer, set_lr
 
     cfg = load_config(RECIPES / "configs" / "test_tiny.yaml")
     model = create_model("ckdn_r50")
     opt = make_optimizer(model, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    set_lr(opt, 0.1, stage=1)
+    set_lr(opt, 0.1, STAGE_BRANCHES[1])
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if not p.ndim else torch.full_like(p, 0.0)
     for name, p in model.named_parameters():

@@ -14,7 +14,10 @@ Two list formats are read (detected from the first line):
 Next to the model, the rows a sceptic asks for, on the same pairs: the method
 prior (mean label of the same method in the other groups; when the list names
 methods), PSNR of the output against its upsampled input, and with --labeller
-and a pristine column the full-reference labeller itself (the ceiling).
+and a pristine column the full-reference labeller itself (the ceiling). With
+--reference-check, the model again with each restoration scored against another
+group's degraded input: if that row orders the restorations of one input as well as
+the model's own, the model does not use its reference.
 
 ROOT defaults to the list file's folder.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="PIPAL layout: skip names containing this ('' keeps all)")
     parser.add_argument("--labeller", action="append", default=None, metavar="NAME",
                         help="also score the pristine column with this FR labeller (the ceiling row; repeatable)")
+    parser.add_argument("--reference-check", action="store_true",
+                        help="also score every restoration against another group's degraded input (a row a "
+                             "model that compares must lose clearly; scores every pair twice)")
     parser.add_argument("--no-baselines", action="store_true", help="only the model's row")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
@@ -87,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_baselines:
         print(result.format())
     else:
-        print(_table_with_baselines(kept, preds[ok], args))
+        print(_table_with_baselines(kept, preds[ok], args, scorer))
     if args.out:
         print(f"predictions: {args.out}")
     if errors:
@@ -96,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_with_baselines(pairs: list, preds: np.ndarray, args: argparse.Namespace) -> str:
-    """The model's row, then the method prior, PSNR vs input and (with --labeller) the labeller."""
+def _table_with_baselines(pairs: list, preds: np.ndarray, args: argparse.Namespace, scorer: Any) -> str:
+    """The model's row, then the method prior, PSNR vs input, (with --labeller) the labeller and
+    (with --reference-check) the model against another input's reference."""
     from drqa_plugin.baselines import compute_baselines, format_table, score_rows
 
     pristine = [p.pristine for p in pairs]
@@ -105,5 +113,22 @@ def _table_with_baselines(pairs: list, preds: np.ndarray, args: argparse.Namespa
     if args.labeller and labeller is None:
         print("drqa eval: --labeller needs a pristine column in the list; the labeller row is left out", file=sys.stderr)
     rows = {"model": preds, **compute_baselines(pairs, pristine=pristine if labeller else None, labeller=labeller)}
+    if args.reference_check:
+        rows.update(_other_reference_row(pairs, args, scorer))
     table = score_rows([p.mos for p in pairs], [p.group for p in pairs], rows, args.min_group_size)
     return format_table(table)
+
+
+def _other_reference_row(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[str, np.ndarray]:
+    from drqa_plugin.baselines import OTHER_REFERENCE, other_input_references
+    from drqa_plugin.scorer import score_file_pairs
+
+    other = other_input_references([p.group for p in pairs])
+    scores, failures = score_file_pairs(scorer, [(p.restored, pairs[j].degraded) for p, j in zip(pairs, other)],
+                                        args.batch_size, not args.quiet)
+    if failures:
+        print(f"drqa eval: --reference-check: {len(failures)} pair(s) could not be scored against another input "
+              f"(first: {next(iter(failures.values()))}); the row is left out (images of different sizes need "
+              "a --preprocess that crops or resizes)", file=sys.stderr)
+        return {}
+    return {OTHER_REFERENCE: scores}

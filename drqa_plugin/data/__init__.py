@@ -129,7 +129,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
         return PIPALPairs(cfg.root, resolve_list_file(list_file, cfg.root), cfg.crop, cfg.seed, split=part,
                           val_fraction=cfg.val_fraction,
                           layout=cfg.pipal, seed=cfg.seed, random_crop=(split == "train"),
-                          augment=cfg.augment and split == "train")
+                          augment=cfg.augment and split == "train",
+                          center_labels=cfg.center_labels and split == "train")
     from drqa_plugin.data.synthetic import SyntheticPairs
 
     get_labeller(cfg.labeller)  # fail now on an unknown or uninstallable labeller

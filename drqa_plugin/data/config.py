@@ -137,6 +137,10 @@ class DataConfig:
     # pipal train split: one of the 8 flips/transposes of the square crop, drawn per sample and
     # applied to all of its images alike (a quality label does not depend on orientation).
     augment: bool = False
+    # pipal train split: regress each label minus the mean label of its input (its scene), plus the
+    # split's mean. The per-input order, what a loss or a validation metric uses, is unchanged; how
+    # hard an input is to restore (content, degradation strength) is no longer a target to fit.
+    center_labels: bool = False
     num_samples: int = 512  # synthetic: samples per epoch in the train split
     val_samples: int = 64  # synthetic: fixed samples in the val split
     val_fraction: float = 0.2  # fraction of photos / scenes held out
@@ -155,8 +159,9 @@ class DataConfig:
         if int(self.crop) < 16:
             raise ConfigError(f"data.crop must be >= 16, got {self.crop!r}")
         self.crop = int(self.crop)
-        if not isinstance(self.augment, bool):
-            raise ConfigError(f"data.augment must be true or false, got {self.augment!r}")
+        for flag in ("augment", "center_labels"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"data.{flag} must be true or false, got {getattr(self, flag)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"data.seed must be a non-negative integer, got {self.seed!r}")
         if int(self.num_samples) < 1 or int(self.val_samples) < 1:

@@ -157,7 +157,9 @@ class PIPALPairs(Dataset):
     ``val_fraction`` and ``split_seed`` (or pass a separate val list and
     ``split=None``). Training crops are random (from seed, epoch, index),
     ``random_crop=False`` takes the centre; ``augment`` flips/transposes each sample's crops
-    (one of the 8 symmetries of the square, from the same seed). Images smaller than ``crop`` raise.
+    (one of the 8 symmetries of the square, from the same seed); ``center_labels`` makes each
+    target its label minus its scene's mean label plus the mean over all entries (the order within
+    a scene is kept). Images smaller than ``crop`` raise.
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class PIPALPairs(Dataset):
         seed: int = 0,
         random_crop: bool = True,
         augment: bool = False,
+        center_labels: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -198,6 +201,11 @@ class PIPALPairs(Dataset):
         self.by_scene: dict[str, list[int]] = {}
         for i, e in enumerate(entries):
             self.by_scene.setdefault(e.scene, []).append(i)
+        self.targets = [mos_to_target(e.mos) for e in entries]
+        if center_labels and entries:
+            overall = float(np.mean(self.targets))
+            shift = {s: overall - float(np.mean([self.targets[i] for i in idx])) for s, idx in self.by_scene.items()}
+            self.targets = [t + shift[e.scene] for t, e in zip(self.targets, entries)]
         known = read_list_methods(list_file)
         # (method, photo) per entry for the trainer's baselines; None unless every entry has one.
         self.methods: list[tuple[str, str]] | None = None
@@ -244,8 +252,8 @@ class PIPALPairs(Dataset):
         sample = {k: to_float_batch(np.ascontiguousarray(a))[0] for k, a in crops.items()}
         return {
             **sample,
-            "target": torch.tensor(mos_to_target(entry.mos), dtype=torch.float32),
-            "target_2": torch.tensor(mos_to_target(self.entries[partner].mos), dtype=torch.float32),
+            "target": torch.tensor(self.targets[index], dtype=torch.float32),
+            "target_2": torch.tensor(self.targets[partner], dtype=torch.float32),
             "group": self.scene_ids[entry.scene],
             "name": entry.name,
             **({"method": self.methods[index][0], "photo": self.methods[index][1]} if self.methods else {}),

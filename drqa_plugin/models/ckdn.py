@@ -30,9 +30,10 @@ from drqa_plugin.models.blocks import (
 from drqa_plugin.pretrained import PretrainedConfig
 from drqa_plugin.registry import ModelVariant, register_variant
 
-#: What a training pass can compute: student, teacher, no-reference ranking, feature gap and
-#: the student's score of the second restoration (same degraded reference).
-TRAIN_PATHS = ("dr", "fr", "nr", "gap", "dr2")
+#: What a training pass can compute: student, teacher, no-reference ranking, feature gap, the
+#: student's score of the second restoration (same degraded reference) and of the restoration
+#: against another sample's degraded reference (``drx``: the batch's references rolled by one).
+TRAIN_PATHS = ("dr", "fr", "nr", "gap", "dr2", "drx")
 
 # The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
 # FLOPs, and where the score is formed) always stay fp32.
@@ -56,8 +57,9 @@ class TrainOutputs(NamedTuple):
     ``dr``/``fr``/``nr`` are sigmoid scores of shape (N,); ``feature_gap`` is the
     per-sample mean squared difference between the degraded and pristine
     reference features, shape (N,); ``dr_2`` is the student's score of
-    ``restored_2`` against the same degraded reference (path ``dr2``). Paths that
-    were not asked for are ``None``.
+    ``restored_2`` against the same degraded reference (path ``dr2``); ``dr_x`` the
+    student's score of ``restored`` against the next sample's degraded reference
+    (path ``drx``, the batch rolled by one). Paths that were not asked for are ``None``.
     """
 
     dr: Tensor | None
@@ -65,6 +67,7 @@ class TrainOutputs(NamedTuple):
     nr: Tensor | None
     feature_gap: Tensor | None
     dr_2: Tensor | None = None
+    dr_x: Tensor | None = None
 
 
 class Encoder(nn.Module):
@@ -170,7 +173,7 @@ class CKDN(nn.Module):
             raise ValueError(f"unknown paths {sorted(unknown)}; choose from {', '.join(TRAIN_PATHS)}")
         n = restored.shape[0]
         need_r2 = bool(paths & {"nr", "dr2"})
-        need_d = bool(paths & {"dr", "dr2", "gap"})
+        need_d = bool(paths & {"dr", "dr2", "drx", "gap"})
         need_p = bool(paths & {"fr", "gap"})
         # One encoder call per encoder keeps BatchNorm statistics shared the way the
         # official code shares them (it concatenates batches through each module).
@@ -184,9 +187,9 @@ class CKDN(nn.Module):
             d = self.reference_encoder(degraded)
         elif need_p:
             p = self.reference_encoder(pristine)
-        # Every comparator input of this pass goes through it as one batch ([R1-D ; R1-P ; R2-D]).
-        pairs = {"dr": (r1, d), "fr": (r1, p), "dr2": (r2, d)}
-        wanted = [k for k in ("dr", "fr", "dr2") if k in paths]
+        # Every comparator input of this pass goes through it as one batch ([R1-D ; R1-P ; R2-D ; R1-D']).
+        pairs = {"dr": (r1, d), "fr": (r1, p), "dr2": (r2, d), "drx": (r1, None if d is None else d.roll(1, 0))}
+        wanted = [k for k in ("dr", "fr", "dr2", "drx") if k in paths]
         scores: dict[str, Tensor] = {}
         if wanted:
             diffs = []
@@ -204,7 +207,7 @@ class CKDN(nn.Module):
             assert d is not None and p is not None  # computed above whenever "gap" is asked for
             gap = (d - p).pow(2).mean(dim=(1, 2, 3))
         return TrainOutputs(dr=scores.get("dr"), fr=scores.get("fr"), nr=nr, feature_gap=gap,
-                            dr_2=scores.get("dr2"))
+                            dr_2=scores.get("dr2"), dr_x=scores.get("drx"))
 
 
 def frozen_inference_copy(

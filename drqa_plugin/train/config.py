@@ -73,6 +73,14 @@ class LossConfig:
     # d5 (not in the paper; 0 = off): ((dr - dr_2) - (t1 - t2))^2 in stage 2, the student's order of
     # two restorations of the same input. Costs one more restored-encoder + comparator pass per sample.
     pair: float = 0.0
+    # d3 weight in stage 2 (not in the paper, 0 = off): the no-reference ranking of two restorations of
+    # one input keeps training the shared restored-image encoder while the reference branch learns.
+    # Costs one more restored-encoder pass and the ranking branch per sample in stage 2.
+    ranking_stage2: float = 0.0
+    # d6 (not in the paper; 0 = off): dr_x^2 in stage 2, where dr_x scores each restoration against
+    # another sample's degraded input (the batch rolled by one): the worst possible restoration of
+    # that input. A comparator that scores it high ignores its reference.
+    mismatch: float = 0.0
 
 
 @dataclass
@@ -153,6 +161,8 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
         (cfg.loss.pair >= 0, f"loss.pair must be >= 0, got {cfg.loss.pair}"),
+        (cfg.loss.ranking_stage2 >= 0, f"loss.ranking_stage2 must be >= 0, got {cfg.loss.ranking_stage2}"),
+        (cfg.loss.mismatch >= 0, f"loss.mismatch must be >= 0, got {cfg.loss.mismatch}"),
         (cfg.optim.skip_nonfinite >= 0, f"optim.skip_nonfinite must be >= 0, got {cfg.optim.skip_nonfinite}"),
     ]
     for ok, message in checks:

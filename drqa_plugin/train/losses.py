@@ -4,6 +4,13 @@ Stage 1 optimises only the no-reference ranking term d3; stage 2 optimises the
 student (d1), teacher (d2) and feature-distillation (d4) terms. Each stage asks
 the model only for the paths its losses need, so the other branches do no work.
 
+``loss.ranking_stage2`` (0 = off = the paper) keeps d3 in stage 2 with that weight.
+
+d6 (``loss.mismatch``, 0 = off = the paper) is not in the paper either: in stage 2 the student
+also scores each restoration against another sample's degraded input, and that score is pulled
+to 0. A model that ranks the restorations of one input as well with a wrong reference as with
+the right one (docs/quality.md) has not learnt to compare; d6 makes the reference matter.
+
 d5 (``loss.pair``, 0 = off = the paper) is not in the paper: in stage 2 the
 student also scores the second restoration of the same input, and the
 difference of its two scores regresses the difference of the two labels. The
@@ -23,21 +30,23 @@ from drqa_plugin.models.ckdn import TrainOutputs
 from drqa_plugin.train.config import LossConfig, ScheduleConfig
 
 STAGE_PATHS: dict[int, tuple[str, ...]] = {1: ("nr",), 2: ("dr", "fr", "gap")}
-LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5")
+LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5", "d6")
 
 
 def stage_paths(stage: int, cfg: LossConfig) -> tuple[str, ...]:
-    """The model paths ``stage`` needs under ``cfg`` (stage 2 adds ``dr2`` when d5 is on)."""
-    if stage == 2 and cfg.pair > 0:
-        return STAGE_PATHS[2] + ("dr2",)
-    return STAGE_PATHS[stage]
+    """The model paths ``stage`` needs under ``cfg`` (stage 2 adds ``nr`` / ``dr2`` / ``drx`` for d3 / d5 / d6)."""
+    if stage != 2:
+        return STAGE_PATHS[stage]
+    extra = {"nr": cfg.ranking_stage2, "dr2": cfg.pair, "drx": cfg.mismatch}
+    return STAGE_PATHS[2] + tuple(path for path, weight in extra.items() if weight > 0)
 
 
 def stage_terms(stage: int, cfg: LossConfig) -> tuple[str, ...]:
     """The loss terms optimised in ``stage`` under ``cfg``."""
     if stage == 1:
         return ("d3",)
-    return ("d1", "d2", "d4", "d5") if cfg.pair > 0 else ("d1", "d2", "d4")
+    extra = {"d3": cfg.ranking_stage2, "d5": cfg.pair, "d6": cfg.mismatch}
+    return ("d1", "d2", "d4") + tuple(term for term, weight in extra.items() if weight > 0)
 
 
 def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
@@ -63,22 +72,32 @@ def distillation_loss(
     """Weighted loss of ``stage`` from the model outputs (scores in float32 for stable squares)."""
     t1 = target.float()
     terms: dict[str, Tensor] = {}
-    if stage == 1:
+
+    def ranking_term(weight: float) -> Tensor:
         if out.nr is None:
-            raise ValueError("stage 1 needs the 'nr' path of the model")
+            raise ValueError(f"d3 in stage {stage} needs the 'nr' path of the model")
         t3 = ranking_target(t1, target_2.float(), cfg.rank_scale)
-        terms["d3"] = cfg.ranking * (out.nr.float() - t3).pow(2).mean()
+        return weight * (out.nr.float() - t3).pow(2).mean()
+
+    if stage == 1:
+        terms["d3"] = ranking_term(cfg.ranking)
     elif stage == 2:
         if out.dr is None or out.fr is None or out.feature_gap is None:
             raise ValueError("stage 2 needs the 'dr', 'fr' and 'gap' paths of the model")
         terms["d1"] = cfg.student * (out.dr.float() - t1).pow(2).mean()
         terms["d2"] = cfg.teacher * (out.fr.float() - t1).pow(2).mean()
         terms["d4"] = cfg.distill * out.feature_gap.float().pow(2).mean()
+        if cfg.ranking_stage2 > 0:
+            terms["d3"] = ranking_term(cfg.ranking_stage2)
         if cfg.pair > 0:
             if out.dr_2 is None:
                 raise ValueError("loss.pair > 0 needs the 'dr2' path of the model")
             gap_pred = out.dr.float() - out.dr_2.float()
             terms["d5"] = cfg.pair * (gap_pred - (t1 - target_2.float())).pow(2).mean()
+        if cfg.mismatch > 0:
+            if out.dr_x is None:
+                raise ValueError("loss.mismatch > 0 needs the 'drx' path of the model")
+            terms["d6"] = cfg.mismatch * out.dr_x.float().pow(2).mean()
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     total = torch.stack(list(terms.values())).sum()

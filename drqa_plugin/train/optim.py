@@ -1,7 +1,8 @@
 """The paper's optimiser, the learning-rate schedule and the per-stage branch mask.
 
 Stage 1 trains only the no-reference ranking branch, stage 2 only the
-reference branch (both share the restored-image encoder). DDP leaves the
+reference branch (both share the restored-image encoder; ``loss.ranking_stage2``
+keeps the ranking branch training in stage 2). DDP leaves the
 gradients of unused parameters ``None`` (SGD skips them); DeepSpeed ZeRO fills
 them with zeros, which SGD would turn into weight decay and stale momentum. So
 every backend gets one parameter group per branch, the branches a stage does
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from drqa_plugin.errors import TrainingError
-from drqa_plugin.train.config import TrainConfig
+from drqa_plugin.train.config import LossConfig, TrainConfig
 
 # Which top-level modules each stage trains; a module in no stage set would never move.
 BRANCHES: dict[str, tuple[str, ...]] = {
@@ -74,9 +75,17 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def set_lr(optimizer: Any, lr: float, stage: int) -> None:
+def stage_branches(stage: int, cfg: LossConfig) -> frozenset[str]:
+    """The branches ``stage`` trains under ``cfg`` (the ranking branch too in stage 2 when d3 stays on)."""
+    if stage == 2 and cfg.ranking_stage2 > 0:
+        return STAGE_BRANCHES[2] | {"ranking"}
+    return STAGE_BRANCHES[stage]
+
+
+def set_lr(optimizer: Any, lr: float, branches: frozenset[str]) -> None:
+    """``lr`` for the groups of ``branches``, 0 for the others."""
     for group in torch_optimizer(optimizer).param_groups:
-        group["lr"] = lr if group["branch"] in STAGE_BRANCHES[stage] else 0.0
+        group["lr"] = lr if group["branch"] in branches else 0.0
 
 
 def clear_momentum(optimizer: Any, branches: frozenset[str]) -> None:

@@ -70,11 +70,11 @@ from drqa_plugin.train.losses import (
     stage_terms,
 )
 from drqa_plugin.train.optim import (
-    STAGE_BRANCHES,
     base_lr,
     clear_momentum,
     make_optimizer,
     set_lr,
+    stage_branches,
     torch_optimizer,
 )
 from drqa_plugin.train.validation import ValPredictions, predict_val, write_predictions
@@ -344,7 +344,7 @@ def _micro_step(run: Run, batch: Mapping[str, Any], epoch: int, progress: LoopPr
         _enter_stage(run, progress.stage, stage)
         progress.stage = stage
     state.stage = stage
-    set_lr(run.optimizer, base_lr(cfg, state.step, run.total_steps), stage)
+    set_lr(run.optimizer, base_lr(cfg, state.step, run.total_steps), stage_branches(stage, cfg.loss))
     progress.add(_train_batch(run, batch, stage))
     state.batch_in_epoch += 1
     if not run.accelerator.sync_gradients:
@@ -362,7 +362,7 @@ def _micro_step(run: Run, batch: Mapping[str, Any], epoch: int, progress: LoopPr
 
 def _enter_stage(run: Run, old: int, new: int) -> None:
     if old:  # branches that start training now begin with a fresh momentum buffer
-        clear_momentum(run.optimizer, STAGE_BRANCHES[new] - STAGE_BRANCHES[old])
+        clear_momentum(run.optimizer, stage_branches(new, run.cfg.loss) - stage_branches(old, run.cfg.loss))
     if run.accelerator.is_main_process:
         paths = ",".join(stage_paths(new, run.cfg.loss))
         losses = "+".join(stage_terms(new, run.cfg.loss))
