@@ -1,22 +1,20 @@
-"""The four CKDN distillation losses (plus one of ours) and the two-stage schedule.
+"""The four CKDN distillation losses (plus options of ours) and the two-stage schedule.
 
 Stage 1 optimises only the no-reference ranking term d3; stage 2 optimises the
 student (d1), teacher (d2) and feature-distillation (d4) terms. Each stage asks
 the model only for the paths its losses need, so the other branches do no work.
 
-``loss.ranking_stage2`` (0 = off = the paper) keeps d3 in stage 2 with that weight.
+Options not in the paper (each 0 = off = the paper; docs/quality.md measures them):
 
-d6 (``loss.mismatch``, 0 = off = the paper) is not in the paper either: in stage 2 the student
-also scores each restoration against another sample's degraded input, and that score is pulled
-to 0. A model that ranks the restorations of one input as well with a wrong reference as with
-the right one (docs/quality.md) has not learnt to compare; d6 makes the reference matter.
-
-d5 (``loss.pair``, 0 = off = the paper) is not in the paper: in stage 2 the
-student also scores the second restoration of the same input, and the
-difference of its two scores regresses the difference of the two labels. The
-paper's d1 fits each score on its own; what a validation metric or a loss needs
-is the order of restorations *of one input*, and d5 trains exactly that
-(docs/quality.md measures what it is worth).
+* ``loss.ranking_stage2`` keeps d3 in stage 2 with that weight.
+* d5 (``loss.pair``): in stage 2 the student also scores the second restoration of
+  the same input, and the difference of its two scores regresses the difference of
+  the two labels: the order of restorations *of one input*, which is what a
+  validation metric or a loss needs.
+* d6 (``loss.mismatch``): in stage 2 the student also scores each restoration against
+  another sample's degraded input, and that score is pulled to 0. A model that orders
+  the restorations of one input as well with a wrong reference as with the right one
+  has not learnt to compare; d6 makes the reference matter.
 """
 
 from __future__ import annotations
