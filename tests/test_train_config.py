@@ -240,7 +240,7 @@ def test_stage_boundary_in_epochs_or_steps() -> None:
 
 def test_param_groups_split_decay_and_branches() -> None:
     from drqa_plugin import create_model
-    from drqa_plugin.train.optim import STAGE_BRANCHES, make_optimizer, set_lr, stage_branches
+    from drqa_plugin.train.optim import make_optimizer, set_lr, stage_branches
 
     cfg = load_config(RECIPES / "configs" / "ckdn_pipal.yaml", ["data.root=/d", "data.list_file=l.txt"])
     model = create_model("ckdn_r50")
@@ -251,27 +251,29 @@ def test_param_groups_split_decay_and_branches() -> None:
         assert (min(dims) >= 2) if g["weight_decay"] else (max(dims) < 2)
         assert g["nesterov"] and g["momentum"] == 0.9
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}
+    paper = {1: {"shared", "ranking"}, 2: {"shared", "reference"}}  # the branches each stage trains
     for stage in (1, 2):
-        assert stage_branches(stage, cfg.loss) == STAGE_BRANCHES[stage]
+        assert stage_branches(stage, cfg.loss) == paper[stage]
         set_lr(opt, 0.16, stage_branches(stage, cfg.loss))
         for g in opt.param_groups:
-            assert g["lr"] == (0.16 if g["branch"] in STAGE_BRANCHES[stage] else 0.0)
-    # d3 kept in stage 2 keeps its branch training there, and only there.
+            assert g["lr"] == (0.16 if g["branch"] in paper[stage] else 0.0)
+    # d3 kept in stage 2 keeps its branch training there, and only there; d5 and d6 add no branch.
     keep = LossConfig(ranking_stage2=0.5)
     assert stage_branches(2, keep) == {"shared", "reference", "ranking"}
-    assert stage_branches(1, keep) == STAGE_BRANCHES[1]
+    assert stage_branches(1, keep) == paper[1]
+    assert stage_branches(2, LossConfig(pair=1.0, mismatch=1.0)) == paper[2]
 
 
 def test_zero_lr_groups_stay_put_even_with_zero_gradients() -> None:
     """What DeepSpeed ZeRO does to unused parameters (zero grads) must not move them."""
     from drqa_plugin import create_model
-    from drqa_plugin.train.optim import STAGE_BRANCHES, clear_momentum, make_optimizer, set_lr
+    from drqa_plugin.train.optim import clear_momentum, make_optimizer, set_lr
 
     cfg = load_config(RECIPES / "configs" / "test_tiny.yaml")
     model = create_model("ckdn_r50")
     opt = make_optimizer(model, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    set_lr(opt, 0.1, STAGE_BRANCHES[1])
+    set_lr(opt, 0.1, frozenset({"shared", "ranking"}))  # stage 1
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if not p.ndim else torch.full_like(p, 0.0)
     for name, p in model.named_parameters():

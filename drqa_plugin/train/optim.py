@@ -19,6 +19,7 @@ from torch import nn
 
 from drqa_plugin.errors import TrainingError
 from drqa_plugin.train.config import LossConfig, TrainConfig
+from drqa_plugin.train.losses import stage_paths
 
 # Which top-level modules each stage trains; a module in no stage set would never move.
 BRANCHES: dict[str, tuple[str, ...]] = {
@@ -26,7 +27,15 @@ BRANCHES: dict[str, tuple[str, ...]] = {
     "ranking": ("nr_comparator", "nr_head"),
     "reference": ("reference_encoder", "comparator", "head"),
 }
-STAGE_BRANCHES: dict[int, frozenset[str]] = {1: frozenset({"shared", "ranking"}), 2: frozenset({"shared", "reference"})}
+# The branches each model path runs through (``gap`` compares two reference-encoder outputs).
+PATH_BRANCHES: dict[str, frozenset[str]] = {
+    "nr": frozenset({"shared", "ranking"}),
+    "dr": frozenset({"shared", "reference"}),
+    "fr": frozenset({"shared", "reference"}),
+    "dr2": frozenset({"shared", "reference"}),
+    "drx": frozenset({"shared", "reference"}),
+    "gap": frozenset({"reference"}),
+}
 
 
 def branch_of(name: str) -> str:
@@ -76,10 +85,9 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def stage_branches(stage: int, cfg: LossConfig) -> frozenset[str]:
-    """The branches ``stage`` trains under ``cfg`` (the ranking branch too in stage 2 when d3 stays on)."""
-    if stage == 2 and cfg.ranking_stage2 > 0:
-        return STAGE_BRANCHES[2] | {"ranking"}
-    return STAGE_BRANCHES[stage]
+    """The branches ``stage`` trains under ``cfg``: those its model paths run through (so the ranking
+    branch trains in stage 2 too when ``loss.ranking_stage2`` keeps d3 on)."""
+    return frozenset().union(*(PATH_BRANCHES[path] for path in stage_paths(stage, cfg)))
 
 
 def set_lr(optimizer: Any, lr: float, branches: frozenset[str]) -> None:
