@@ -35,9 +35,11 @@ from drqa_plugin.baselines import (  # noqa: E402
     METHOD_PRIOR,
     OTHER_REFERENCE,
     bank_baselines,
+    format_method_ranks,
     format_table,
     labeller_scores,
     method_prior,
+    method_ranks,
     other_input_references,
     score_rows,
 )
@@ -48,7 +50,6 @@ from drqa_plugin.data.bank import (  # noqa: E402
     combine_scores,
     load_manifest,
 )
-from drqa_plugin.metrics import srcc  # noqa: E402
 
 OPENCV_PHOTOS = ("aero1.jpg", "aloeL.jpg", "baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg",
                  "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg", "rubberwhale1.png",
@@ -96,38 +97,14 @@ def relabel(items: list, root: Path, labellers: list[str]) -> np.ndarray:
 
 
 def train_bank_prior(train_bank: Path, items: list) -> np.ndarray:
-    """Each held-out pair's method as a training bank ranks it: the mean within-input percentile rank of
-    the same (task, method) over the bank's training inputs. What a pure recogniser of methods learns."""
-    bank = load_manifest(train_bank)
-    ranks: dict[tuple[str, str], list[float]] = {}
-    by_input: dict[str, list] = {}
-    for item in bank.split_items("train"):
-        by_input.setdefault(item.input_id, []).append(item)
-    for group in by_input.values():
-        order = np.argsort(np.argsort([i.label for i in group]))
-        for item, r in zip(group, order):
-            ranks.setdefault((item.task, item.method), []).append((r + 0.5) / len(group))
+    """Each held-out pair's method as a training bank ranks it: the mean within-input rank of the same
+    (task, method) over the bank's training inputs. What a pure recogniser of methods learns."""
+    train = load_manifest(train_bank).split_items("train")
+    ranks = method_ranks([i.label for i in train], [i.input_id for i in train], [(i.task, i.method) for i in train])
     missing = sorted({(i.task, i.method) for i in items} - set(ranks))
     if missing:
         raise SystemExit(f"--train-bank {train_bank} has no training pairs of {missing}")
-    return np.array([np.mean(ranks[(i.task, i.method)]) for i in items])
-
-
-def method_means(items: list, targets: np.ndarray, preds: dict[str, np.ndarray]) -> str:
-    """Mean label and mean prediction per (task, method), and the Spearman of the means per task."""
-    lines = []
-    for task in sorted({i.task for i in items}):
-        methods = sorted({i.method for i in items if i.task == task})
-        idx = {m: [k for k, i in enumerate(items) if i.task == task and i.method == m] for m in methods}
-        label_means = [float(np.mean(targets[idx[m]])) for m in methods]
-        lines.append(f"{task}: mean per method (label, then each row)")
-        for m, lm in zip(methods, label_means):
-            cols = "  ".join(f"{float(np.mean(np.asarray(v)[idx[m]])):8.4f}" for v in preds.values())
-            lines.append(f"  {m:22s} {lm:8.4f}  {cols}")
-        for name, v in preds.items():
-            means = [float(np.mean(np.asarray(v)[idx[m]])) for m in methods]
-            lines.append(f"  Spearman of method means vs label, {name}: {srcc(means, label_means):.3f}")
-    return "\n".join(lines)
+    return np.array([ranks[(i.task, i.method)] for i in items])
 
 
 def main() -> None:
@@ -141,7 +118,8 @@ def main() -> None:
                    help="rank against these FR labellers (mean percentile rank) instead of the bank's label")
     p.add_argument("--baseline-labeller", action="append", default=None, metavar="LABELLER",
                    help="FR labellers shown as rows (default: stlpips_alex, stlpips_vgg, ssim, ms_ssim)")
-    p.add_argument("--method-means", action="store_true", help="also print the mean per method")
+    p.add_argument("--per-method", action="store_true",
+                   help="also print each method's mean rank inside its input for the label and every row")
     p.add_argument("--train-bank", type=Path, default=None,
                    help="the bank a model trained on: adds the row of its method order (what a model that only "
                         "recognises methods would score)")
@@ -177,8 +155,10 @@ def main() -> None:
         idx = [k for k, item in enumerate(items) if item.task == task]
         subset = {k: np.asarray(v)[idx] for k, v in preds.items()}
         print(format_table(score_rows(targets[idx], [groups[k] for k in idx], subset), title=f"{task} inputs only"))
-    if args.method_means:
-        print(method_means(items, targets, preds))
+    if args.per_method:
+        methods = [f"{i.task}/{i.method}" for i in items]
+        table = {name: method_ranks(v, groups, methods) for name, v in {"label": targets, **preds}.items()}
+        print(format_method_ranks(table, title="mean rank of each method inside its input (0 = last, 1 = first)"))
 
 
 if __name__ == "__main__":

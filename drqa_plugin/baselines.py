@@ -15,6 +15,8 @@ rows as a model's scores:
   scores each restoration against the degraded input of *another* group. A DR-IQA
   model that orders the restorations of one input as well this way as with the right
   input has not learnt to compare; it only recognises how each output looks.
+* :func:`method_ranks`: not a row but a per-method view of any row: each method's
+  mean rank inside its group, next to the label's (where a model misorders).
 * ``labeller`` (the ceiling): a full-reference labeller against the pristine
   image, where the pristine is available. With the labeller that made the labels
   this is 1.0 by construction; with another one it measures how much the two
@@ -198,7 +200,8 @@ def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | Non
 
     ``pairs`` have ``restored``, ``degraded`` (paths or arrays), ``mos`` and ``group``;
     ``methods`` default to each pair's ``method`` attribute (the method prior is left out
-    when no pair has one), ``scenes`` (what the prior leaves out) to the groups. The
+    when no pair has one), ``scenes`` (what the prior leaves out) to each pair's ``photo``
+    where it has one (other crops of a photo share its content), else to its group. The
     labeller rows need ``pristine`` (aligned with ``pairs``) and ``labeller`` (one name
     or several). Returns ``{row name: predictions}`` in a fixed order.
     """
@@ -212,7 +215,7 @@ def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | Non
             raise DataError(f"{sum(not m for m in found)} of {len(found)} pairs have no method; "
                             "the method prior needs all of them")
     if scenes is None:
-        scenes = [p.group for p in pairs]
+        scenes = [getattr(p, "photo", "") or p.group for p in pairs]
     out: dict[str, np.ndarray] = {}
     if methods is not None:
         out[METHOD_PRIOR] = method_prior(methods, targets, scenes)
@@ -252,6 +255,49 @@ def format_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> s
     return "\n".join(lines)
 
 
+def method_ranks(values: Values, groups: Sequence[Hashable], methods: Sequence[Hashable],
+                 min_group_size: int = 2) -> dict[Hashable, float]:
+    """Mean within-group percentile rank of each method: 0 = last of its group, 1 = first.
+
+    This is what the grouped SRCC compares, per method: a row of predictions whose method
+    ranks match the label's orders each input as the label does, and a method ranked far
+    from its label rank is where a model is wrong (a recogniser of methods ranks every
+    method the same in every group). Ties share their average rank; groups smaller than
+    ``min_group_size`` are skipped. Methods are returned in order of first appearance.
+    """
+    from scipy.stats import rankdata
+
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    g, m = list(groups), list(methods)
+    if not (len(g) == len(m) == v.size):
+        raise DataError(f"values ({v.size}), groups ({len(g)}) and methods ({len(m)}) differ in length")
+    members: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(g):
+        members.setdefault(key, []).append(i)
+    acc: dict[Hashable, list[float]] = {key: [] for key in dict.fromkeys(m)}
+    for idx in members.values():
+        if len(idx) < max(2, min_group_size):
+            continue
+        ranks = (rankdata(v[idx]) - 1.0) / (len(idx) - 1)
+        for i, r in zip(idx, ranks):
+            acc[m[i]].append(float(r))
+    return {key: float(np.mean(r)) for key, r in acc.items() if r}
+
+
+def format_method_ranks(table: Mapping[str, Mapping[Hashable, float]], title: str | None = None) -> str:
+    """One line per method, one column per row of :func:`method_ranks` (the label's column first)."""
+    methods = list(dict.fromkeys(k for ranks in table.values() for k in ranks))
+    methods.sort(key=str)
+    width = max([len("method")] + [len(str(k)) for k in methods])
+    names = list(table)
+    cols = [max(6, len(n)) for n in names]
+    lines = ([title] if title else []) + [f"{'method':{width}}  " + "  ".join(f"{n:>{c}}" for n, c in zip(names, cols))]
+    for key in methods:
+        cells = [f"{table[n][key]:{c}.2f}" if key in table[n] else f"{'-':>{c}}" for n, c in zip(names, cols)]
+        lines.append(f"{str(key):{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def bank_baselines(bank: Any, split: str | None = "val", labeller: str | Iterable[str] | None = None,
                    psnr_input: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """(baseline predictions, targets, groups) of a restoration bank's split.
@@ -286,9 +332,11 @@ __all__ = [
     "PSNR_VS_INPUT",
     "bank_baselines",
     "compute_baselines",
+    "format_method_ranks",
     "format_table",
     "labeller_scores",
     "method_prior",
+    "method_ranks",
     "psnr",
     "psnr_vs_input",
     "score_rows",

@@ -31,10 +31,10 @@ from PIL import Image, ImageFilter
 
 from drqa_plugin.metrics import srcc
 from drqa_plugin.preprocess import to_float_batch
+from drqa_plugin.train.config import load_config, packaged_config
 
-# Shipped inside the package, so the demo runs from an installed wheel as from a checkout.
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-QUALITY_CONFIG = Path(__file__).resolve().parent / "configs" / "quality_cpu.yaml"
+DEMO_CONFIG = packaged_config("demo")
+QUALITY_CONFIG = packaged_config("quality_cpu")
 DISCLAIMER = (
     "NOTE: this demo model is trained for a few minutes on a dozen bundled photos with synthetic SSIM labels,\n"
     "from random initialisation. It is NOT the paper's CKDN model (trained on PIPAL's human scores) and its\n"
@@ -129,8 +129,6 @@ def restorations(scale: int) -> dict[str, Callable[[Image.Image, Image.Image, Im
 def held_out_photos(n: int) -> list[tuple[str, np.ndarray]]:
     """Photos of the demo's validation split: never used for training."""
     from drqa_plugin.data import build_dataset, read_rgb
-    from drqa_plugin.train.config import load_config
-
     data_cfg = load_config(DEMO_CONFIG).data
     val = build_dataset(data_cfg, "val")
     return [(p.name, read_rgb(p.path)) for p in list(getattr(val, "photos"))[:n]]  # noqa: B009  (SyntheticPairs)
@@ -232,8 +230,6 @@ def format_held_out(cfg: DemoConfig, table: HeldOutTable, label_title: str) -> s
 
 def score_table(cfg: DemoConfig, weights: Path) -> str:
     """The demo model's table next to SSIM, the label it was trained on."""
-    from drqa_plugin.train.config import load_config
-
     table = score_held_out(cfg, weights, "ssim", tile=load_config(DEMO_CONFIG).data.crop)
     return format_held_out(cfg, table, "SSIM (FR)")
 
@@ -268,8 +264,6 @@ def where(cfg: DemoConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from drqa_plugin.train.config import load_config
-
     cfg, skip, overrides = parse_args(argv)
     print(DISCLAIMER + "\n", flush=True)
     if not skip:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from drqa_plugin.data.config import PIPALLayout
-from drqa_plugin.data.pipal import check_files, pipal_paths, read_pipal_list
+from drqa_plugin.data.pipal import check_files, pipal_paths, read_pipal_list, row_method
 from drqa_plugin.errors import DataError
+from drqa_plugin.files import atomic_path
 from drqa_plugin.metrics import Correlations, correlate
 from drqa_plugin.scorer import score_file_pairs
 
@@ -46,8 +47,9 @@ class EvalPair:
     mos: float
     group: str
     line: int  # line of the list file, for error messages
-    method: str = ""  # restoration method, when the list names it
+    method: str = ""  # the method prior's key (``task/method`` where the list names a task), if named
     pristine: Path | None = None  # the pristine image, when the list names it (for the labeller baseline)
+    photo: str = ""  # the photo the pair comes from, when named: the method prior leaves it out whole
 
 
 def _first_line(path: Path) -> str:
@@ -83,10 +85,10 @@ def _read_csv(path: Path, root: Path) -> list[EvalPair]:
             if not math.isfinite(mos):
                 raise DataError(f"{path}:{line}: mos must be finite, got {row['mos']!r}")
             group = (row.get("group") or "").strip() or degraded
-            method = (row.get("method") or "").strip()
+            method, photo = row_method(row)
             pristine = (row.get("pristine") or "").strip()
             pairs.append(EvalPair(root / restored, root / degraded, mos, group, line, method,
-                                  root / pristine if pristine else None))
+                                  root / pristine if pristine else None, photo))
     if not pairs:
         raise DataError(f"list file {str(path)!r} has no pairs")
     return pairs
@@ -136,14 +138,11 @@ def evaluate_pairs(scorer: Scorer, pairs: Sequence[EvalPair], batch_size: int = 
 
 
 def write_predictions(path: Path, pairs: Sequence[EvalPair], preds: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["restored", "degraded", "mos", "group", "pred"])
         for pair, pred in zip(pairs, preds):
             writer.writerow([pair.restored, pair.degraded, pair.mos, pair.group,
                              "" if math.isnan(pred) else repr(float(pred))])
-    os.replace(tmp, path)
 
 

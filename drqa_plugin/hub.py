@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import IO
 
 from drqa_plugin.errors import WeightsError, WeightsNotFoundError
+from drqa_plugin.files import sha256_file
 
 #: Layouts an entry may declare. ``official``/``pyiqa`` are CKDN checkpoints that
 #: are converted once; ``drqa`` is already our safetensors format; ``torchvision``
@@ -709,15 +710,6 @@ def _stem(file_name: str) -> str:
 def _stat_key(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (weights, checkpoints, photos)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _matches(path: Path, sha256: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from drqa_plugin.constants import DEFAULT_ARCH
 from drqa_plugin.errors import WeightsError, WeightsNotFoundError
+from drqa_plugin.files import atomic_path
 from drqa_plugin.pretrained import PreprocessConfig, PretrainedConfig
 from drqa_plugin.registry import create_model, get_variant
 
@@ -85,16 +85,9 @@ def save_weights(
     metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, FILE_MODE & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

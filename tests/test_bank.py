@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import math
 import os
@@ -117,7 +118,8 @@ def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
     pairs = read_labelled_list(out / "val.csv")
     assert len(pairs) == N_ITEMS_PER_PHOTO
     assert {p.group for p in pairs} == {"camera-c0-sr-x2-0", "camera-c0-denoise-0"}
-    assert sorted(p.method for p in pairs) == sorted(RESTORERS)
+    assert sorted(p.method.split("/")[1] for p in pairs) == sorted(RESTORERS)  # keyed by task, as above
+    assert {p.photo for p in pairs} == {"camera"}
     assert all(p.degraded.name == "ref_" + p.restored.name for p in pairs)
 
 
@@ -212,6 +214,16 @@ def test_a_folder_of_other_parameters_is_refused(built, photo_dir: Path, tmp_pat
     build_bank(config(photo_dir, restorers=("nearest", "none")), out)
     with pytest.raises(DataError, match="other parameters"):
         build_bank(config(photo_dir, restorers=("nearest", "none"), seed=4), out)
+
+
+def test_a_moved_photo_folder_resumes_and_a_changed_photo_is_refused(photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bank"
+    build_bank(config(photo_dir, restorers=("nearest", "none")), out)
+    moved = Path(shutil.copytree(photo_dir, tmp_path / "moved"))
+    assert build_bank(config(moved, restorers=("nearest", "none")), out).written == []
+    Image.open(moved / "coffee.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(moved / "coffee.png")
+    with pytest.raises(DataError, match="other parameters, photos"):
+        build_bank(config(moved, restorers=("nearest", "none")), out)
 
 
 def test_shares_are_disjoint_and_cover_everything() -> None:
@@ -462,9 +474,18 @@ def test_drqa_data_build_then_eval_with_baselines(tmp_path, weights_file, capsys
                       "--no-progress"]) == 0
     assert (bank / "train.txt").is_file() and (bank / "val.csv").is_file()
     code = drqa_main(["eval", "--weights", str(weights_file), "--list", str(bank / "val.csv"), "--preprocess", "none",
-                      "--labeller", "ssim", "--min-group-size", "2", "--quiet"])
+                      "--labeller", "ssim", "--min-group-size", "2", "--quiet", "--per-method"])
     assert code == 0
-    rows = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out
+    table, per_method = out.split("mean rank of each method inside its group")
+    rows = {line.split("  ")[0].strip(): line for line in table.splitlines()}
     assert {"model", "method prior (LOSO)", "PSNR vs input", "labeller ssim"} <= set(rows)
     # The bank was labelled by ssim, so the labeller row is the ceiling, 1.0 by construction.
     assert rows["labeller ssim"].split()[2:4] == ["1.0000", "1.0000"]
+    # Per method: the label's column and the labeller's are the same ranks; methods are keyed by task.
+    lines = per_method.strip().splitlines()[1:]
+    assert lines[0].split() == ["method", "label", "model", "method", "prior", "(LOSO)", "PSNR", "vs", "input",
+                                "labeller", "ssim"]
+    ranks = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(ranks) == {"sr_x2/bicubic", "sr_x2/nearest", "denoise/gaussian", "denoise/median"}
+    assert all(cells[0] == cells[-1] for cells in ranks.values())

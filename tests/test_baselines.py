@@ -169,3 +169,51 @@ def test_bank_baselines(tmp_path: Path) -> None:
     assert preds[METHOD_PRIOR][0] == pytest.approx(np.mean(others))
     with pytest.raises(DataError, match="no items in split 'train'"):
         bank_baselines(manifest, split="train")
+
+
+def test_drqa_eval_prior_on_a_bank_list_is_the_bank_prior(tmp_path: Path) -> None:
+    """`drqa eval --list BANK/val.csv` and the trainer/benchmark agree: methods keyed by task, photos left out."""
+    from skimage import data
+
+    from drqa_plugin.data.bank import BankConfig, build_bank
+    from drqa_plugin.data.pipal import MOS_OFFSET, MOS_SCALE
+    from drqa_plugin.evaluation import read_labelled_list
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).resize((48, 40), Image.BICUBIC).save(photos / f"{name}.png")
+    # bicubic restores both tasks, and two crops per photo: a key without the task, or a prior
+    # that leaves out only the input, would give other values.
+    cfg = BankConfig(photos=str(photos), crop=32, crops_per_photo=2, tasks=("sr_x2", "sr_x4"),
+                     restorers=("nearest", "bicubic"), labellers=("ssim",), val_fraction=1.0, progress=False)
+    manifest = build_bank(cfg, tmp_path / "bank")
+    preds, _, _ = bank_baselines(manifest, split="val", labeller=[])
+    by_name = dict(zip((i.name for i in manifest.split_items("val")), preds[METHOD_PRIOR]))
+    pairs = read_labelled_list(tmp_path / "bank" / "val.csv")
+    assert {p.method for p in pairs} == {"sr_x2/nearest", "sr_x2/bicubic", "sr_x4/nearest", "sr_x4/bicubic"}
+    assert {p.photo for p in pairs} == {"astronaut", "coffee", "chelsea"} and len({p.group for p in pairs}) == 12
+    prior = compute_baselines(pairs, psnr_input=False)[METHOD_PRIOR]
+    expected = [MOS_OFFSET + MOS_SCALE * by_name[p.restored.name] for p in pairs]
+    assert prior == pytest.approx(expected, abs=1e-6)
+    pooled = compute_baselines(pairs, methods=[p.method.split("/")[1] for p in pairs], psnr_input=False)
+    assert not np.allclose(pooled[METHOD_PRIOR], prior)  # the task key matters on this bank
+
+
+def test_method_ranks_by_hand() -> None:
+    from drqa_plugin.baselines import format_method_ranks, method_ranks
+
+    groups = ["g1", "g1", "g1", "g2", "g2", "g2", "g3"]
+    methods = ["a", "b", "c", "a", "b", "c", "a"]
+    values = [0.1, 0.5, 0.9, 3.0, 1.0, 3.0, 7.0]  # g2 ties a with c; g3 has one pair and is skipped
+    ranks = method_ranks(values, groups, methods)
+    assert list(ranks) == ["a", "b", "c"]
+    assert ranks == pytest.approx({"a": (0.0 + 0.75) / 2, "b": (0.5 + 0.0) / 2, "c": (1.0 + 0.75) / 2})
+    assert method_ranks(values, groups, methods, min_group_size=4) == {}
+    # A method-recogniser ranks every method the same in every group: its ranks are its order.
+    assert method_ranks([3, 2, 1, 3, 2, 1], groups[:6], methods[:6]) == {"a": 1.0, "b": 0.5, "c": 0.0}
+    text = format_method_ranks({"label": ranks, "model": {"a": 1.0}}, title="t")
+    assert text.splitlines() == ["t", "method   label   model", "a         0.38    1.00",
+                                 "b         0.25       -", "c         0.88       -"]
+    with pytest.raises(DataError, match="differ in length"):
+        method_ranks(values, groups, methods[:3])

@@ -7,13 +7,14 @@ Two list formats are read (detected from the first line):
   scene (A0001). Names containing _06_ are skipped as in the official code
   (--drop-pattern '' keeps them).
 
-  CSV with a header restored,degraded,mos[,group][,method][,pristine] (any column
-  order); paths relative to ROOT; without a group column pairs are grouped by
-  degraded image. `drqa data build` writes such lists (train.csv, val.csv).
+  CSV with a header restored,degraded,mos[,group][,method][,task][,photo][,pristine]
+  (any column order); paths relative to ROOT; without a group column pairs are
+  grouped by degraded image. `drqa data build` writes such lists (train.csv, val.csv).
 
 Next to the model, the rows a sceptic asks for, on the same pairs: the method
-prior (mean label of the same method in the other groups; when the list names
-methods), PSNR of the output against its upsampled input, and with --labeller
+prior (when the list names methods: mean label of the same method, per task where
+a task column names one, in the other photos, or the other groups where no photo
+column names them), PSNR of the output against its upsampled input, and with --labeller
 and a pristine column the full-reference labeller itself (the ceiling). With
 --reference-check, the model again with each restoration scored against another
 group's degraded input: if that row orders the restorations of one input as well as
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_weights_argument(parser)
     parser.add_argument("--list", required=True, dest="list_file",
-                        help="labelled list: PIPAL 'name,MOS' lines or CSV restored,degraded,mos[,group][,method]")
+                        help="labelled list: PIPAL 'name,MOS' lines or CSV restored,degraded,mos[,group][,method]"
+                             "[,task][,photo][,pristine]")
     parser.add_argument("--root", default=None, help="folder the list's paths are relative to (default: its folder)")
     parser.add_argument("--out", default=None, help="write per-pair predictions to this CSV")
     parser.add_argument("--min-group-size", type=int, default=3,
@@ -59,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference-check", action="store_true",
                         help="also score every restoration against another group's degraded input (a row a "
                              "model that compares must lose clearly; scores every pair twice)")
+    parser.add_argument("--per-method", action="store_true",
+                        help="also print each method's mean rank inside its group (0 = last, 1 = first) for the "
+                             "label and every row: where the model's per-input order differs from the label's "
+                             "(needs a method column)")
     parser.add_argument("--no-baselines", action="store_true", help="only the model's row")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
@@ -91,10 +97,16 @@ def run(args: argparse.Namespace) -> int:
     result = correlate(preds[ok], [p.mos for p in kept], [p.group for p in kept], args.min_group_size)
     print(f"weights: {args.weights} ({scorer.pretrained_cfg.provenance})")
     print(f"list: {args.list_file}  preprocess: {args.preprocess}  pairs scored: {result.n}/{len(pairs)}")
+    rows = {"model": preds[ok]}
     if args.no_baselines:
         print(result.format())
     else:
-        print(_table_with_baselines(kept, preds[ok], args, scorer))
+        rows.update(_baseline_rows(kept, args, scorer))
+        from drqa_plugin.baselines import format_table, score_rows
+
+        print(format_table(score_rows([p.mos for p in kept], [p.group for p in kept], rows, args.min_group_size)))
+    if args.per_method:
+        print(_per_method_table(kept, rows, args.min_group_size))
     if args.out:
         print(f"predictions: {args.out}")
     if errors:
@@ -103,20 +115,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_with_baselines(pairs: list, preds: np.ndarray, args: argparse.Namespace, scorer: Any) -> str:
-    """The model's row, then the method prior, PSNR vs input, (with --labeller) the labeller and
+def _baseline_rows(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[str, np.ndarray]:
+    """The rows after the model's: the method prior, PSNR vs input, (with --labeller) the labeller and
     (with --reference-check) the model against another input's reference."""
-    from drqa_plugin.baselines import compute_baselines, format_table, score_rows
+    from drqa_plugin.baselines import compute_baselines
 
     pristine = [p.pristine for p in pairs]
     labeller = args.labeller if args.labeller and all(p is not None for p in pristine) else None
     if args.labeller and labeller is None:
         print("drqa eval: --labeller needs a pristine column in the list; the labeller row is left out", file=sys.stderr)
-    rows = {"model": preds, **compute_baselines(pairs, pristine=pristine if labeller else None, labeller=labeller)}
+    rows = compute_baselines(pairs, pristine=pristine if labeller else None, labeller=labeller)
     if args.reference_check:
         rows.update(_other_reference_row(pairs, args, scorer))
-    table = score_rows([p.mos for p in pairs], [p.group for p in pairs], rows, args.min_group_size)
-    return format_table(table)
+    return rows
+
+
+def _per_method_table(pairs: list, rows: dict[str, np.ndarray], min_group_size: int) -> str:
+    from drqa_plugin.baselines import format_method_ranks, method_ranks
+
+    if not all(p.method for p in pairs):
+        return "per method: the list names no method for some pairs (a method column is needed)"
+    groups, methods = [p.group for p in pairs], [p.method for p in pairs]
+    table = {name: method_ranks(values, groups, methods, min_group_size)
+             for name, values in {"label": np.array([p.mos for p in pairs]), **rows}.items()}
+    return format_method_ranks(table, title="mean rank of each method inside its group (0 = last, 1 = first)")
 
 
 def _other_reference_row(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[str, np.ndarray]:

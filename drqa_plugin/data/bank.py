@@ -61,6 +61,8 @@ from PIL import Image
 from drqa_plugin.config import from_dict
 from drqa_plugin.data.labellers import get_labeller
 from drqa_plugin.data.photos import DataError, Photo, list_photos, read_rgb
+from drqa_plugin.data.pipal import MOS_OFFSET, MOS_SCALE
+from drqa_plugin.files import atomic_write_bytes, sha256_file
 
 try:
     import cv2
@@ -69,8 +71,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 FORMAT = "drqa-bank"
 FORMAT_VERSION = 1
-MOS_OFFSET = 900.0
-MOS_SCALE = 1000.0
 KINDS = ("sr", "denoise")
 COMBINES = ("mean", "rank", "minmax")
 _TASK_RE = re.compile(r"^(?:sr_x([2-8])|denoise)$")
@@ -1048,14 +1048,6 @@ def degrade_input(pristine: np.ndarray, plan: InputPlan, cfg: BankConfig) -> tup
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def _write_if_changed(path: Path, data: bytes) -> None:
     """Atomic write, skipped when the file already holds exactly these bytes (reruns touch nothing)."""
     try:
@@ -1063,7 +1055,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except OSError:
         pass
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -1125,7 +1117,7 @@ def _build_input(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer]
 
     def put(rel: str, data: bytes) -> None:
         if not (out / rel).is_file():
-            _atomic_write_bytes(out / rel, data)
+            atomic_write_bytes(out / rel, data)
             written.append(rel)
 
     top, left, h, w = plan.box
@@ -1434,7 +1426,10 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
     if skipped:
         warnings.warn(f"photos smaller than the crop are skipped: {skipped}", stacklevel=2)
     plans = plan_inputs(cfg, photos)
-    content = {"config": cfg.content(), "restorers": [r.name for r in restorers], "format_version": FORMAT_VERSION}
+    # The photos enter by content, not by folder: a moved photo folder resumes, a changed photo does not.
+    config = {k: v for k, v in cfg.content().items() if k != "photos"}
+    content = {"config": config, "photo_sha256": {p.name: sha256_file(p.path) for p in photos},
+               "restorers": [r.name for r in restorers], "format_version": FORMAT_VERSION}
     config_hash = f"{zlib.crc32(json.dumps(content, sort_keys=True).encode()):08x}"
     stamp = out / "bank.json"
     if state.is_main_process:
@@ -1445,10 +1440,10 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
             except (OSError, json.JSONDecodeError) as exc:
                 raise DataError(f"cannot read {stamp}: {exc}") from None
             if previous.get("config_hash") != config_hash:
-                raise DataError(f"{out} holds a bank built with other parameters or restorers "
+                raise DataError(f"{out} holds a bank built with other parameters, photos or restorers "
                                 f"({stamp}); use a new output folder")
         else:
-            _atomic_write_bytes(stamp, _json_bytes({"format": FORMAT, "config_hash": config_hash, **content}))
+            atomic_write_bytes(stamp, _json_bytes({"format": FORMAT, "config_hash": config_hash, **content}))
     state.wait_for_everyone()
     if not stamp.is_file():
         raise DataError(f"{stamp} was not written by the main process")

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from drqa_plugin.constants import IMAGE_SUFFIXES
 from drqa_plugin.errors import DataError, ImageInputError
-from drqa_plugin.hub import sha256_file
+from drqa_plugin.files import atomic_path, atomic_write_text, sha256_file
 from drqa_plugin.images import read_image, to_uint8
 
 # Natural photos among scikit-image's bundled data files (no synthetic patterns,
@@ -154,22 +154,19 @@ def gather_photos(sources: Sequence[str | os.PathLike | None], out_dir: str | os
         src = Path(photo.path)
         if short_side is None or min(photo.width, photo.height) <= short_side:
             dest, resized, size = out / f"{name}{src.suffix.lower()}", False, (photo.width, photo.height)
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.copyfile(src, tmp)
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(src, tmp)
         else:
             pixels = read_rgb(src)  # EXIF orientation applied, so sizes come from the pixels
             h, w = pixels.shape[:2]
             scale = short_side / min(w, h)
             image = Image.fromarray(pixels).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
             dest, resized, size = out / f"{name}.png", True, image.size
-            tmp = dest.with_name(dest.name + ".tmp")
-            image.save(tmp, format="PNG")
-        os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                image.save(tmp, format="PNG")
         record[dest.name] = {"source": str(src), "source_size": [photo.width, photo.height],
                              "size": list(size), "resized": resized, "sha256": sha256_file(dest)}
         written.append(dest)
-    manifest = out / "photos.json"
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps({"short_side": short_side, "photos": record}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, manifest)
+    atomic_write_text(out / "photos.json",
+                      json.dumps({"short_side": short_side, "photos": record}, indent=1, sort_keys=True) + "\n")
     return sorted(written)

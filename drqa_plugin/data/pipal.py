@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,16 @@ def read_pipal_list(list_file: str | os.PathLike, drop_pattern: str = "_06_") ->
     return entries
 
 
+def row_method(row: Mapping[str, str | None]) -> tuple[str, str]:
+    """(method key, photo) of one labelled-list CSV row; ``("", "")`` where it names neither.
+
+    The key is ``task/method`` when the row names a task (a bank's lists do), so the method
+    prior never pools ``bicubic`` x2 with ``bicubic`` x4; the photo is what the prior leaves out.
+    """
+    method, task = (row.get("method") or "").strip(), (row.get("task") or "").strip()
+    return (f"{task}/{method}" if task and method else method), (row.get("photo") or "").strip()
+
+
 def read_list_methods(list_file: str | os.PathLike) -> dict[str, tuple[str, str]] | None:
     """``name -> (method, photo)`` from the CSV beside a list, or None when there is none.
 
@@ -107,8 +117,7 @@ def read_list_methods(list_file: str | os.PathLike) -> dict[str, tuple[str, str]
             reader = csv.DictReader(fh)
             if not {"restored", "method"} <= set(reader.fieldnames or ()):
                 return None
-            return {row["restored"]: (f"{row['task']}/{row['method']}" if row.get("task") else row["method"],
-                                      row.get("photo") or "") for row in reader}
+            return {row["restored"]: row_method(row) for row in reader}
     except (OSError, csv.Error, KeyError) as exc:
         raise DataError(f"cannot read the methods of {list_file} from {path}: {exc}") from None
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from drqa_plugin.errors import ImageInputError
+from drqa_plugin.files import atomic_path
 from drqa_plugin.preprocess import MIN_SIDE, match_reference_size, tile_starts
 
 DEFAULT_TILE = 288  # the CKDN protocol's crop: windows the network saw in training
@@ -126,8 +127,6 @@ def render_map(image: np.ndarray, qmap: QualityMap, path: str | os.PathLike, tit
 def save_figure(fig, path: str | os.PathLike, tight: bool = False) -> Path:
     """Write a matplotlib figure as PNG via a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png", **({"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, format="png", **({"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}))
     return path

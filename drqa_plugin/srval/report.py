@@ -12,12 +12,12 @@ import csv
 import html
 import io
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drqa_plugin.files import atomic_write_text
 from drqa_plugin.srval.qmap import save_figure
 
 FAILURE_FIELDS = ("stage", "checkpoint", "image", "reason")
@@ -30,11 +30,7 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[st
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(row.get(k)) for k in fields})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _cell(value: Any) -> Any:
@@ -204,11 +200,7 @@ def write_html(path: Path, *, summary: Sequence[Mapping[str, Any]], best: str | 
         parts.append('<p class="muted">None.</p>')
     parts.append('<p class="muted">Tables: scores.csv, summary.csv, failures.csv. Made by drqa validate.</p>')
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(parts) + "\n")
 
 
 def _settings_line(settings: Mapping[str, Any]) -> str:

@@ -8,7 +8,6 @@ and resumed through :mod:`drqa_plugin.srval.shards`.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from drqa_plugin.constants import IMAGE_SUFFIXES
 from drqa_plugin.errors import ConfigError, DataError, ImageInputError, MissingFileError
+from drqa_plugin.files import atomic_path
 from drqa_plugin.images import images_in, read_image, to_uint8
 from drqa_plugin.srval import report as rpt
 from drqa_plugin.srval.checkpoints import (
@@ -367,10 +367,8 @@ def save_png(image: np.ndarray, path: Path, max_side: int | None = None) -> Path
     if max_side and max(pil.size) > max_side:
         factor = max_side / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * factor)), max(1, round(pil.height * factor))), Image.Resampling.BICUBIC)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    pil.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        pil.save(tmp, format="PNG")
     return path
 
 

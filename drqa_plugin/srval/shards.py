@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from drqa_plugin.errors import ConfigError
+from drqa_plugin.files import atomic_write_text
 from drqa_plugin.srval.dist import Dist
 
 T = TypeVar("T")
@@ -232,6 +233,4 @@ def _read_records(path: Path, stats: Merged | None) -> list[dict[str, Any]]:
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -29,7 +29,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from drqa_plugin.errors import MissingFileError, TrainingError
-from drqa_plugin.hub import sha256_file
+from drqa_plugin.files import sha256_file
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step_(\d+)$")

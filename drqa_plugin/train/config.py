@@ -170,13 +170,17 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(message)
 
 
+# Recipes shipped inside the package, so the demo and ``--config demo`` work from an installed wheel.
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
 def packaged_config(name: str) -> Path:
     """The path of a recipe shipped inside the package (``"demo"`` -> ``drqa_plugin/configs/demo.yaml``)."""
-    return Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    return PACKAGED_CONFIGS / f"{name}.yaml"
 
 
 def packaged_config_names() -> list[str]:
-    return sorted(p.stem for p in packaged_config("x").parent.glob("*.yaml"))
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
