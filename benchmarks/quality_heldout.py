@@ -118,6 +118,9 @@ def main() -> None:
                    help="rank against these FR labellers (mean percentile rank) instead of the bank's label")
     p.add_argument("--baseline-labeller", action="append", default=None, metavar="LABELLER",
                    help="FR labellers shown as rows (default: stlpips_alex, stlpips_vgg, ssim, ms_ssim)")
+    p.add_argument("--input-labeller", action="append", default=[], metavar="LABELLER",
+                   help="also score each restoration against its degraded input with this FR labeller (fidelity "
+                        "to the input in the labeller's own feature space: a DR-IQA baseline with no training)")
     p.add_argument("--per-method", action="store_true",
                    help="also print each method's mean rank inside its input for the label and every row")
     p.add_argument("--train-bank", type=Path, default=None,
@@ -140,6 +143,9 @@ def main() -> None:
     print(f"label: {label} (of the restored crop against its pristine crop); {len(items)} pairs")
     if args.train_bank is not None:
         preds[f"method order of {args.train_bank.name}"] = train_bank_prior(args.train_bank, items)
+    for name in args.input_labeller:
+        preds[f"{name} vs degraded input"] = labeller_scores([root / i.name for i in items],
+                                                             [root / i.reference for i in items], name)
     other = other_input_references([i.input_id for i in items])
     for spec in reversed(args.weights):
         from drqa_plugin.scorer import DRIQA

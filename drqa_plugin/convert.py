@@ -145,6 +145,43 @@ def convert_checkpoint(
     )
 
 
+# model.init name of the ST-LPIPS AlexNet trunk (its ``net.`` keys) -> the ``alex`` encoder layers it fills.
+STLPIPS_ALEX = "stlpips_alex"
+STLPIPS_ALEX_TO_OURS = {
+    "net.slice1.0.weight": "conv1.weight",
+    "net.slice1.0.bias": "conv1.bias",
+    "net.slice1.1.filt": "down1.filt",
+    "net.slice2.4.filt": "down2.filt",
+    "net.slice2.5.weight": "conv2.weight",
+    "net.slice2.5.bias": "conv2.bias",
+}
+
+
+def init_from_stlpips_alex(model: nn.Module, path: PathLike) -> nn.Module:
+    """Initialise both encoders of a ``ckdn_alex`` network from the ST-LPIPS AlexNet file.
+
+    Its conv1, conv2 and blur filters go into the restored and the reference encoder alike
+    (ImageNet-trained, then tuned by the ST-LPIPS authors for shift tolerance); the 1x1
+    projection, comparators and heads keep their random init. ST-LPIPS normalises its input
+    with ImageNet's mean and std, as our preprocessing does, so the weights apply unchanged.
+    """
+    state = load_foreign_checkpoint(path)
+    own = model.state_dict()
+    new: dict[str, Tensor] = {}
+    for key, ours in STLPIPS_ALEX_TO_OURS.items():
+        value = state.get(key)
+        if not isinstance(value, Tensor):
+            raise WeightsError(f"{path}: no tensor {key}; is it the ST-LPIPS AlexNet file?")
+        for encoder in ("restored_encoder", "reference_encoder"):
+            name = f"{encoder}.{ours}"
+            if name not in own or own[name].shape != value.shape:
+                raise WeightsError(f"{path}: {key} {tuple(value.shape)} does not fit {name}; ST-LPIPS AlexNet "
+                                   "weights need model.arch ckdn_alex")
+            new[name] = value
+    model.load_state_dict(new, strict=False)
+    return model
+
+
 def init_from_imagenet_resnet50(model: nn.Module, path: PathLike) -> nn.Module:
     """Initialise CKDN from a local torchvision ResNet-50 state dict (``resnet50-*.pth``).
 

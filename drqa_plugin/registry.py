@@ -59,4 +59,5 @@ def create_model(name: str = DEFAULT_ARCH) -> nn.Module:
     variant = get_variant(name)
     model = variant.build()
     setattr(model, "pretrained_cfg", variant.pretrained)  # noqa: B010  (nn.Module's typing knows only tensors)
+    setattr(model, "arch_name", variant.name)  # noqa: B010  (save_model records it; one class serves variants)
     return model.eval()

@@ -117,3 +117,78 @@ def test_imagenet_init_rejects_other_networks(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, path)
     with pytest.raises(dq.WeightsError, match="ResNet-50"):
         dq.init_from_imagenet_resnet50(dq.create_model(), path)
+
+
+def _fake_stlpips_alex(path):
+    """A file with the ST-LPIPS AlexNet keys and shapes (random values), as its wheel stores them."""
+    torch.manual_seed(0)
+    state = {"scaling_layer.shift": torch.zeros(1, 3, 1, 1), "net.slice1.0.weight": torch.randn(64, 3, 11, 11),
+             "net.slice1.0.bias": torch.randn(64), "net.slice1.1.filt": torch.rand(64, 1, 3, 3),
+             "net.slice2.4.filt": torch.rand(64, 1, 3, 3), "net.slice2.5.weight": torch.randn(192, 64, 5, 5),
+             "net.slice2.5.bias": torch.randn(192), "net.slice3.9.weight": torch.randn(384, 192, 3, 3)}
+    torch.save(state, path)
+    return state
+
+
+def test_alex_variant_has_the_comparators_input_shape_and_every_path():
+    model = dq.create_model("ckdn_alex").eval()
+    x = torch.rand(2, 3, 64, 64)
+    # Same (256 channels, 1/4 resolution) as the ResNet encoders, so the comparator and heads are the paper's.
+    assert model.restored_encoder(x).shape == dq.create_model().restored_encoder(x).shape == (2, 256, 16, 16)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.restored_encoder.modules())
+    out = model.train()(x, x.flip(-1), x.flip(-2), x, paths=("dr", "fr", "nr", "gap", "dr2", "drx"))
+    assert all(v.shape == (2,) for v in out if v is not None)
+    frozen = dq.models.ckdn.frozen_inference_copy(model.eval(), differentiable=False)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x, x.flip(-1)), model(x, x.flip(-1)), atol=1e-5, rtol=0)
+
+
+def test_blur_downsample_keeps_a_constant_and_halves_the_size():
+    from drqa_plugin.models.blocks import BlurDownsample
+
+    y = BlurDownsample(4)(torch.full((1, 4, 10, 10), 0.7))
+    assert y.shape == (1, 4, 5, 5)
+    torch.testing.assert_close(y, torch.full_like(y, 0.7))  # the filter sums to one, reflect padding
+
+
+def test_stlpips_alex_init_fills_both_encoders_and_nothing_else(tmp_path):
+    from drqa_plugin.convert import init_from_stlpips_alex
+
+    state = _fake_stlpips_alex(tmp_path / "alex_shift_tolerant.pth")
+    model = dq.create_model("ckdn_alex")
+    head_before = model.head[0].weight.clone()
+    init_from_stlpips_alex(model, tmp_path / "alex_shift_tolerant.pth")
+    for encoder in (model.restored_encoder, model.reference_encoder):
+        torch.testing.assert_close(encoder.conv1.weight, state["net.slice1.0.weight"])
+        torch.testing.assert_close(encoder.conv2.bias, state["net.slice2.5.bias"])
+        torch.testing.assert_close(encoder.down1.filt, state["net.slice1.1.filt"])
+        torch.testing.assert_close(encoder.down2.filt, state["net.slice2.4.filt"])
+    torch.testing.assert_close(model.head[0].weight, head_before)
+    with pytest.raises(dq.WeightsError, match="need model.arch ckdn_alex"):
+        init_from_stlpips_alex(dq.create_model(), tmp_path / "alex_shift_tolerant.pth")
+    torch.save({"net.slice1.0.weight": torch.zeros(64, 3, 11, 11)}, tmp_path / "partial.pth")
+    with pytest.raises(dq.WeightsError, match="no tensor net.slice1.0.bias"):
+        init_from_stlpips_alex(dq.create_model("ckdn_alex"), tmp_path / "partial.pth")
+
+
+def test_trainer_init_stlpips_alex_reads_the_installed_wheel():
+    pytest.importorskip("stlpips_pytorch", reason="stlpips-pytorch is not installed (make install-test adds it)")
+    from drqa_plugin.data.labellers import stlpips_weights_path
+    from drqa_plugin.train.config import load_config
+    from drqa_plugin.train.trainer import build_model
+
+    model = build_model(load_config("quality_cpu", ["model.arch=ckdn_alex", "model.init=stlpips_alex"]))
+    state = torch.load(stlpips_weights_path("alex"), map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.reference_encoder.conv1.weight, state["net.slice1.0.weight"])
+    with pytest.raises(dq.WeightsError, match="ckdn_alex"):
+        build_model(load_config("quality_cpu", ["model.init=stlpips_alex"]))
+
+
+def test_alex_variant_round_trips_through_save_model(tmp_path):
+    model = dq.create_model("ckdn_alex")
+    dq.save_model(model, tmp_path / "alex.safetensors")
+    assert dq.read_metadata(tmp_path / "alex.safetensors")["arch"] == "ckdn_alex"
+    loaded = dq.load_model(tmp_path / "alex.safetensors")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, x.flip(-1)), model(x, x.flip(-1)))

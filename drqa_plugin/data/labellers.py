@@ -169,6 +169,14 @@ def _import_stlpips():
     return stlpips
 
 
+def stlpips_weights_path(net: str = "alex") -> str:
+    """The shift-tolerant ``alex``/``vgg`` weights file inside the installed ``stlpips-pytorch`` wheel."""
+    import os
+
+    stlpips = _import_stlpips()
+    return os.path.join(os.path.dirname(stlpips.__file__), "weights", "vST0.0", f"{net}_shift_tolerant.pth")
+
+
 class STLPIPSLabeller:
     """Quality = 1 - ShiftTolerant-LPIPS distance (Ghildyal & Liu 2022), clamped to [0, 1].
 
@@ -180,12 +188,9 @@ class STLPIPSLabeller:
     """
 
     def __init__(self, net: str = "alex") -> None:
-        import os
-
         stlpips = _import_stlpips()
         self.model = stlpips.LPIPS(pretrained=False, net=net, variant="shift_tolerant", verbose=False)
-        path = os.path.join(os.path.dirname(stlpips.__file__), "weights", "vST0.0", f"{net}_shift_tolerant.pth")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(stlpips_weights_path(net), map_location="cpu", weights_only=True)
         # The file names the linear heads lin<i>.*; the module also exposes them as lins.<i>.*.
         for key in list(state):
             if key.startswith("lin") and not key.startswith("lins."):

@@ -49,6 +49,28 @@ def resnet_stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.S
     return nn.Sequential(*layers)
 
 
+class BlurDownsample(nn.Module):
+    """Low-pass then subsample by 2: a fixed 3x3 binomial filter per channel, reflect padding.
+
+    The anti-aliased downsampling of shift-tolerant networks (Zhang, ICML 2019): blurring
+    before striding keeps features stable under one-pixel shifts. The filter is a buffer,
+    so pretrained filters load with the weights.
+    """
+
+    filt: Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :]) / 16.0
+        self.register_buffer("filt", kernel.expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return torch.nn.functional.conv2d(x, self.filt.to(x.dtype), stride=2, groups=self.channels)
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a conv into that conv.
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from drqa_plugin.constants import DEFAULT_ARCH
 from drqa_plugin.models.blocks import (
+    BlurDownsample,
     fold_batchnorm,
     fuse_bottlenecks_for_cpu,
     resnet_stage,
@@ -46,6 +47,9 @@ class CKDNConfig:
 
     stem_channels: int = 64
     encoder_blocks: int = 3  # ResNet-50 layer1
+    # "resnet": the paper's encoders; "alex": the first two conv layers of a shift-tolerant
+    # AlexNet (what ST-LPIPS computes its features with), so they can start from its weights.
+    encoder: str = "resnet"
     comparator_blocks: int = 4  # ResNet-50 layer2
     head_hidden: int = 2048
     head_dropout: float = 0.5
@@ -83,6 +87,32 @@ class Encoder(nn.Module):
         return self.blocks(self.pool(self.stem(x)))
 
 
+class AlexEncoder(nn.Module):
+    """Shift-tolerant AlexNet conv1..conv2 (11x11/1, blur-down, ReLU, max 3/1, blur-down, 5x5, ReLU),
+    then a 1x1 projection to the 256 channels at 1/4 resolution that the comparator takes.
+
+    Layer shapes follow the ST-LPIPS AlexNet, so ``model.init: stlpips_alex`` can load its
+    conv and filter weights (:func:`drqa_plugin.convert.init_from_stlpips_alex`).
+    """
+
+    def __init__(self, cfg: CKDNConfig) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=11, padding=5)
+        self.down1 = BlurDownsample(64)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.down2 = BlurDownsample(64)
+        self.conv2 = nn.Conv2d(64, 192, kernel_size=5, padding=2)
+        self.project = nn.Conv2d(192, 256, kernel_size=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down2(self.pool(self.relu(self.down1(self.conv1(x)))))
+        return self.project(self.relu(self.conv2(x)))
+
+
+ENCODERS = {"resnet": Encoder, "alex": AlexEncoder}
+
+
 def _score_head(cfg: CKDNConfig) -> nn.Sequential:
     # Indices 0/3/6 hold the Linear layers, matching the published checkpoints.
     return nn.Sequential(
@@ -110,8 +140,10 @@ class CKDN(nn.Module):
     def __init__(self, cfg: CKDNConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or CKDNConfig()
-        self.restored_encoder = Encoder(self.cfg)
-        self.reference_encoder = Encoder(self.cfg)
+        if self.cfg.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.cfg.encoder!r}; choose from {', '.join(ENCODERS)}")
+        self.restored_encoder = ENCODERS[self.cfg.encoder](self.cfg)
+        self.reference_encoder = ENCODERS[self.cfg.encoder](self.cfg)
         self.comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
         self.head = _score_head(self.cfg)
         self.nr_comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
@@ -247,5 +279,17 @@ register_variant(
             provenance="randomly initialised",
         ),
         description="CKDN (Zheng et al., ICCV 2021): ResNet-50 encoders + layer2 comparator, 288 px",
+    )
+)
+
+register_variant(
+    ModelVariant(
+        name="ckdn_alex",
+        build=lambda: CKDN(CKDNConfig(encoder="alex")),
+        pretrained=PretrainedConfig(
+            license="MIT (architecture); weights: as stated by their source",
+            provenance="randomly initialised",
+        ),
+        description="CKDN with shift-tolerant AlexNet conv1-2 encoders (init: stlpips_alex) + layer2 comparator",
     )
 )

@@ -30,7 +30,8 @@ class ModelConfig:
 
     arch: str = DEFAULT_ARCH
     # imagenet_resnet50 (the paper's init; fetched once), a torchvision ResNet-50 .pth, a weights
-    # name such as ckdn_pipal or one of our .safetensors files; None = random init (nothing downloaded).
+    # name such as ckdn_pipal or one of our .safetensors files, stlpips_alex (arch ckdn_alex: from the
+    # stlpips-pytorch wheel, nothing downloaded); None = random init (nothing downloaded).
     init: str | None = None
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
 

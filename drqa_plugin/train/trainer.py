@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from drqa_plugin.baselines import format_table
-from drqa_plugin.errors import TrainingError
+from drqa_plugin.errors import ConfigError, TrainingError
 from drqa_plugin.pretrained import PreprocessConfig
 from drqa_plugin.registry import create_model
 from drqa_plugin.train.checkpoint import (
@@ -93,15 +93,24 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 def _initialise(model: nn.Module, init: str) -> None:
     """Our weights (a ``.safetensors`` file or a name such as ``ckdn_pipal``: all tensors) or ImageNet
-    ResNet-50 weights (``imagenet_resnet50`` or a torchvision ``.pth``: encoders and comparators).
+    ResNet-50 weights (``imagenet_resnet50`` or a torchvision ``.pth``: encoders and comparators), or
+    ``stlpips_alex`` (the ST-LPIPS AlexNet's conv1-2 into a ``ckdn_alex`` network's encoders).
 
     Raises:
         WeightsError: a missing, corrupt or mismatched file; it is never retried as another kind.
     """
-    from drqa_plugin.convert import init_from_imagenet_resnet50
+    from drqa_plugin.convert import STLPIPS_ALEX, init_from_imagenet_resnet50, init_from_stlpips_alex
     from drqa_plugin.hub import get_weights, resolve_weights, weights_names
     from drqa_plugin.weights import check_state_dict, load_state_dict
 
+    if init == STLPIPS_ALEX:  # inside the optional stlpips-pytorch wheel: nothing is downloaded
+        from drqa_plugin.data.labellers import stlpips_weights_path
+
+        try:
+            init_from_stlpips_alex(model, stlpips_weights_path("alex"))
+        except ImportError as exc:
+            raise ConfigError(f"model.init {STLPIPS_ALEX}: {exc}") from None
+        return
     path = resolve_weights(init)
     imagenet = init in weights_names() and get_weights(init).layout == "torchvision"
     if imagenet or path.suffix != ".safetensors":
