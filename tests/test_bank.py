@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from test_train_distributed import _accelerate, _free_port
 
-from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, psnr_vs_input
+from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, other_input_references, psnr_vs_input
+from drqa_plugin.scorer import DRIQA
 from drqa_plugin.data import DataError, PIPALPairs
 from drqa_plugin.data import bank as bank_mod
 from drqa_plugin.data.bank import (
@@ -153,6 +154,18 @@ def test_trainer_validation_shows_the_baselines_and_trains_the_pair_term(built, 
     assert "restoration bank (ssim; combined by mean)" in provenance
     stage2 = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "train" and r["stage"] == "2"]
     assert stage2 and all(math.isfinite(float(r["d5"])) for r in stage2)
+    # The reference check (log.reference_check, on by default): every eval scores the val crops again
+    # against another input's degraded crop; its row is what scoring those files directly gives.
+    assert "another input's reference: grouped_srcc=" in text
+    vals = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "val"]
+    assert vals and all(r["other_ref_grouped_srcc"] != "" for r in vals)
+    other = other_input_references([i.input_id for i in val])
+    scorer = DRIQA(str(tmp_path / "run" / "model.safetensors"), preprocess="none")
+    swapped = scorer([out / i.name for i in val], [out / val[j].reference for j in other]).numpy()
+    direct = correlate(swapped, [i.label for i in val], [i.input_id for i in val])
+    checked = summary["final_eval_other_reference"]
+    assert checked["n"] == len(val)
+    assert checked["srcc"] == pytest.approx(direct.srcc, abs=1e-6)
 
 
 def test_files_and_manifest(built) -> None:

@@ -366,3 +366,23 @@ def test_deepspeed_refuses_fp16_and_native_half_precision(tmp_path, monkeypatch,
     assert code == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_reference_check_dataset_swaps_only_the_degraded_crop_and_refuses_mixed_sizes() -> None:
+    import torch
+
+    from drqa_plugin.errors import TrainingError
+    from drqa_plugin.train.loaders import OtherInputReferences, sample_groups
+
+    samples = [{"restored": torch.full((3, 4, 4), float(i)), "degraded": torch.full((3, 4, 4), 10.0 + i),
+                "group": g, "target": torch.tensor(0.5)} for i, g in enumerate([0, 0, 1, 1])]
+    groups = sample_groups(samples)  # type: ignore[arg-type]  # a list is a map-style dataset
+    assert groups == [0, 0, 1, 1]
+    swapped = OtherInputReferences(samples, groups)  # type: ignore[arg-type]
+    # Group 0 takes the first pair of group 1 and vice versa; the restored crop and the label stay.
+    assert [float(swapped[i]["degraded"][0, 0, 0]) for i in range(4)] == [12.0, 12.0, 10.0, 10.0]
+    assert [float(swapped[i]["restored"][0, 0, 0]) for i in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert samples[0]["degraded"][0, 0, 0] == 10.0  # the wrapped samples are not modified
+    samples[2]["degraded"] = torch.zeros(3, 5, 5)
+    with pytest.raises(TrainingError, match="val crops of one size"):
+        swapped[0]

@@ -112,6 +112,10 @@ class LogConfig:
 
     log_every: int = 10
     progress: bool = True
+    # Every evaluation also scores each val pair against another input's degraded crop (the row
+    # "model, another input's reference"): a model that keeps its per-input order there does not
+    # use its reference. Costs a second pass over the val set; needs val crops of one size.
+    reference_check: bool = True
     tensorboard: bool = True  # only when tensorboard is installed
     plots: bool = True
 

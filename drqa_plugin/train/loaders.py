@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from drqa_plugin.baselines import other_input_references
 from drqa_plugin.data import build_dataset
+from drqa_plugin.data.pipal import PIPALPairs
 from drqa_plugin.errors import TrainingError
 from drqa_plugin.preprocess import normalize
 from drqa_plugin.pretrained import PreprocessConfig
@@ -32,7 +34,37 @@ class FixedSamples(Dataset):
         return self.dataset[index]
 
 
-def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
+class OtherInputReferences(Dataset):
+    """The val samples with each degraded crop replaced by the degraded crop of another group
+    (:func:`drqa_plugin.baselines.other_input_references`): the trainer's reference check."""
+
+    def __init__(self, dataset: Dataset, groups: list[int]) -> None:
+        self.dataset = dataset
+        self.other = other_input_references(groups)
+
+    def __len__(self) -> int:
+        return len(self.other)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = dict(self.dataset[index])
+        degraded = self.dataset[self.other[index]]["degraded"]
+        if degraded.shape != sample["restored"].shape:
+            raise TrainingError(f"log.reference_check needs val crops of one size; got {tuple(degraded.shape)} and "
+                                f"{tuple(sample['restored'].shape)} (set data.crop, or log.reference_check=false)")
+        sample["degraded"] = degraded
+        return sample
+
+
+def sample_groups(dataset: Dataset) -> list[int]:
+    """The group id of every sample (read from the list where it can be, else from the samples)."""
+    inner = getattr(dataset, "dataset", dataset)
+    if isinstance(inner, PIPALPairs):
+        return [inner.scene_ids[e.scene] for e in inner.entries]
+    return [int(dataset[i]["group"]) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader, DataLoader | None]:
+    """Train and val sets and loaders, and the reference-check loader (None when off or one val group)."""
     train_set = build_dataset(cfg.data, split="train")
     val_set = FixedSamples(build_dataset(cfg.data, split="val"))
     if len(train_set) == 0:  # type: ignore[arg-type]  # map-style datasets are sized
@@ -43,7 +75,13 @@ def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataL
     common: dict[str, Any] = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
     train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
     val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
-    return train_set, val_set, train, val
+    other = None
+    if cfg.log.reference_check:
+        groups = sample_groups(val_set)
+        if len(set(groups)) >= 2:
+            other = DataLoader(OtherInputReferences(val_set, groups), batch_size=lc.eval_batch_size, shuffle=False,
+                               drop_last=False, **common)
+    return train_set, val_set, train, val, other
 
 
 class Normalizer:

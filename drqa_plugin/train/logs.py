@@ -13,6 +13,8 @@ from drqa_plugin.train.losses import LOSS_TERMS
 COLUMNS = (
     "split", "step", "epoch", "stage", "lr", "loss", *LOSS_TERMS, "nonfinite_skipped",
     "srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc", "grouped_krcc", "n",
+    # the model's grouped SRCC with every val pair scored against another input's reference (log.reference_check)
+    "other_ref_grouped_srcc",
     # gradient norm of the row's last optimiser step before / after clipping (when clipping is on;
     # DeepSpeed reports only the first)
     "grad_norm", "grad_norm_clipped",

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from drqa_plugin.baselines import format_table
+from drqa_plugin.baselines import OTHER_REFERENCE, format_table
 from drqa_plugin.errors import ConfigError, TrainingError
 from drqa_plugin.pretrained import PreprocessConfig
 from drqa_plugin.registry import create_model
@@ -137,6 +137,7 @@ class Run:
     total_steps: int
     log: MetricsLog | None
     out: Path
+    other_ref_loader: DataLoader | None = None  # val pairs against another input's reference (log.reference_check)
     # Observed in the last optimiser step / forward, for metrics.csv and summary.json:
     grad_norms: tuple[float, float | None] | None = None  # gradient norm before, after clipping (None: not seen)
     compute_dtype: str | None = None  # dtype the first convolution computed in while training (autocast shows here)
@@ -191,8 +192,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
         # run the convolutions channels-last all the same.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
-    train_set, val_set, train_loader, val_loader = build_loaders(cfg)
+    train_set, val_set, train_loader, val_loader, other_ref_loader = build_loaders(cfg)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if other_ref_loader is not None:
+        other_ref_loader = accelerator.prepare(other_ref_loader)
     check_launch(accelerator, train_loader, cfg)
     set_seed(cfg.seed, device_specific=True)  # per-rank dropout streams (seed + rank), as the paper
 
@@ -209,7 +212,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
         dump_config(cfg, out / "config.yaml")
     log = MetricsLog(out, tensorboard=cfg.log.tensorboard, keep_until_step=state.step) if accelerator.is_main_process else None
     run = Run(cfg, accelerator, model, optimizer, train_loader, val_loader, train_set,
-              Normalizer(preprocess, cfg.model.channels_last), state, total, log, out)
+              Normalizer(preprocess, cfg.model.channels_last), state, total, log, out, other_ref_loader)
     _record_compute_dtype(run)
     _print_header(run, steps_per_epoch, resume)
     t0 = time.perf_counter()
@@ -465,7 +468,7 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
     """Validate, keep the best model by SRCC + PLCC (the official criterion), log the row."""
     a = run.accelerator
     result = predict_val(a, run.model, run.val_loader, run.norm, desc=f"eval @ step {run.state.step}",
-                         progress=run.cfg.log.progress)
+                         progress=run.cfg.log.progress, other_ref_loader=run.other_ref_loader)
     progress.last_eval, progress.evaluated_at = result, run.state.step
     score = result.correlations.selection_score
     improved = math.isfinite(score) and (run.state.best_score is None or score > run.state.best_score)
@@ -475,9 +478,14 @@ def _evaluate(run: Run, progress: LoopProgress) -> None:
     if a.is_main_process:
         assert run.log is not None  # the main process always has the log
         m = result.metrics
-        run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m})
+        other = {} if result.other_reference is None else {"other_ref_grouped_srcc": result.other_reference.grouped_srcc}
+        run.log.write({"split": "val", "step": run.state.step, "epoch": progress.epoch, "stage": progress.stage, **m,
+                       **other})
         summary = " ".join(f"{k}={m[k]:.3f}" for k in ("srcc", "plcc", "krcc", "grouped_srcc", "grouped_plcc"))
         tqdm.write(f"[drqa eval] step {run.state.step}: {summary} ({len(result.scores)} pairs)")
+        if result.other_reference is not None:
+            tqdm.write(f"[drqa eval]   {OTHER_REFERENCE}: grouped_srcc={result.other_reference.grouped_srcc:.3f} "
+                       "(a model that compares scores far lower here than with its own input)")
         if not progress.best_baseline:  # they do not change: the full table once, then one line
             baselines = result.baselines()
             rows = [("model", result.correlations), *baselines.items()]
@@ -563,6 +571,8 @@ def _finish(run: Run, final_eval: ValPredictions | None, seconds: float) -> dict
         "final_eval": final_eval.metrics if final_eval else None,
         "final_eval_baselines": ({name: c.row() for name, c in final_eval.baselines().items()}
                                  if final_eval else None),
+        "final_eval_other_reference": (final_eval.other_reference.row()
+                                       if final_eval and final_eval.other_reference else None),
         "best_score": run.state.best_score,
         "best_step": run.state.best_step,
         "model": str(out / "model.safetensors"),

@@ -31,6 +31,8 @@ class ValPredictions:
     psnr_input: list[float]  # PSNR of each restored crop against its degraded reference crop
     methods: list[str] | None = None  # restoration method per sample, where the data names it
     photos: list[str] | None = None  # what the method prior leaves out (the photo, else the scene)
+    # The same samples scored against another input's degraded crop (log.reference_check), or None.
+    other_reference: Correlations | None = None
 
     def baselines(self) -> dict[str, Correlations]:
         """The baseline rows on the same samples: method prior (where methods are known), PSNR vs input."""
@@ -47,8 +49,12 @@ class ValPredictions:
 
 @torch.no_grad()
 def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, norm: Normalizer, desc: str,
-                progress: bool = True) -> ValPredictions:
-    """Student (dr) scores of the val split on every rank, gathered without duplicates, with their correlations."""
+                progress: bool = True, other_ref_loader: DataLoader | None = None) -> ValPredictions:
+    """Student (dr) scores of the val split on every rank, gathered without duplicates, with their correlations.
+
+    With ``other_ref_loader`` (the same samples in the same order, each against another input's
+    degraded crop), also the correlations of those scores with the same targets and groups.
+    """
     sync_buffers(accelerator, model)
     model.eval()
     scores: list[float] = []
@@ -75,6 +81,17 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
                                                                             use_gather_object=True))
             photos = (photos or []) + list(accelerator.gather_for_metrics(list(batch["photo"]),
                                                                           use_gather_object=True))
+    other_scores: list[float] | None = None
+    if other_ref_loader is not None:
+        other_scores = []
+        for batch in tqdm(rng_neutral(other_ref_loader, accelerator.device), total=len(other_ref_loader),
+                          desc=f"{desc} (other input's reference)", leave=False,
+                          disable=not (accelerator.is_main_process and progress)):
+            with accelerator.autocast():
+                s = model(norm(batch["restored"]), norm(batch["degraded"]))
+            other_scores += accelerator.gather_for_metrics(s.float()).cpu().tolist()
+        if len(other_scores) != len(scores):  # pragma: no cover - same dataset length and sampler
+            raise RuntimeError(f"reference check scored {len(other_scores)} val samples, the model {len(scores)}")
     model.train()
     # A sample without a usable label (a labeller's NaN) says nothing about the model: leave it out
     # of the correlations, and say so. A non-finite *prediction* is the model's fault and still fails.
@@ -84,10 +101,11 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
                    "label and are left out of the correlations")
     kept_scores, kept_targets = [scores[i] for i in kept], [targets[i] for i in kept]
     kept_groups, kept_names = [groups[i] for i in kept], [names[i] for i in kept]
+    other = None if other_scores is None else correlate([other_scores[i] for i in kept], kept_targets, kept_groups)
     return ValPredictions(correlate(kept_scores, kept_targets, kept_groups), kept_scores, kept_targets, kept_groups,
                           kept_names, [psnrs[i] for i in kept],
                           None if methods is None else [methods[i] for i in kept],
-                          None if photos is None else [photos[i] for i in kept])
+                          None if photos is None else [photos[i] for i in kept], other)
 
 
 def psnr_batch(restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
