@@ -119,6 +119,9 @@ def _plot_losses(plt: Any, rows: list[dict[str, str]], path: Path) -> Path:
         xs, ys = _series(rows, "val", key)
         if xs:
             ax_val.plot(xs, ys, marker="o", label=key)
+    xs, ys = _series(rows, "val", "other_ref_grouped_srcc")
+    if xs:  # the reference check: a model that compares keeps this far below its own grouped_srcc
+        ax_val.plot(xs, ys, marker="x", ls="--", color="grey", label="grouped_srcc, another input's reference")
     ax_val.set(xlabel="optimiser step", ylabel="correlation", title="validation (student, dr)")
     ax_val.legend()
     fig.tight_layout()
