@@ -35,10 +35,10 @@ from drqa_plugin.baselines import (  # noqa: E402
     METHOD_PRIOR,
     OTHER_REFERENCE,
     bank_baselines,
-    format_method_ranks,
     format_table,
     labeller_scores,
     method_prior,
+    method_rank_table,
     method_ranks,
     other_input_references,
     score_rows,
@@ -162,9 +162,8 @@ def main() -> None:
         subset = {k: np.asarray(v)[idx] for k, v in preds.items()}
         print(format_table(score_rows(targets[idx], [groups[k] for k in idx], subset), title=f"{task} inputs only"))
     if args.per_method:
-        methods = [f"{i.task}/{i.method}" for i in items]
-        table = {name: method_ranks(v, groups, methods) for name, v in {"label": targets, **preds}.items()}
-        print(format_method_ranks(table, title="mean rank of each method inside its input (0 = last, 1 = first)"))
+        print(method_rank_table(targets, groups, [f"{i.task}/{i.method}" for i in items], preds,
+                                title="mean rank of each method inside its input (0 = last, 1 = first)"))
 
 
 if __name__ == "__main__":

@@ -298,6 +298,14 @@ def format_method_ranks(table: Mapping[str, Mapping[Hashable, float]], title: st
     return "\n".join(lines)
 
 
+def method_rank_table(targets: Values, groups: Sequence[Hashable], methods: Sequence[Hashable],
+                      predictions: Mapping[str, Values], min_group_size: int = 2, title: str | None = None) -> str:
+    """:func:`method_ranks` of the label (first column) and of every row of ``predictions``, formatted."""
+    table = {name: method_ranks(values, groups, methods, min_group_size)
+             for name, values in {"label": targets, **predictions}.items()}
+    return format_method_ranks(table, title=title)
+
+
 def bank_baselines(bank: Any, split: str | None = "val", labeller: str | Iterable[str] | None = None,
                    psnr_input: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """(baseline predictions, targets, groups) of a restoration bank's split.
@@ -336,6 +344,7 @@ __all__ = [
     "format_table",
     "labeller_scores",
     "method_prior",
+    "method_rank_table",
     "method_ranks",
     "psnr",
     "psnr_vs_input",

@@ -129,6 +129,7 @@ def restorations(scale: int) -> dict[str, Callable[[Image.Image, Image.Image, Im
 def held_out_photos(n: int) -> list[tuple[str, np.ndarray]]:
     """Photos of the demo's validation split: never used for training."""
     from drqa_plugin.data import build_dataset, read_rgb
+
     data_cfg = load_config(DEMO_CONFIG).data
     val = build_dataset(data_cfg, "val")
     return [(p.name, read_rgb(p.path)) for p in list(getattr(val, "photos"))[:n]]  # noqa: B009  (SyntheticPairs)

@@ -105,6 +105,7 @@ def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
         assert sample["restored"].shape == sample["degraded"].shape == sample["pristine"].shape == (3, CROP, CROP)
         # MOS = 900 + 1000 * label: the trainer's (MOS - 900) / 1000 gives the label back.
         assert float(sample["target"]) == pytest.approx(labels[sample["name"]], abs=1e-6)
+    assert train.group_ids() == [train[i]["group"] for i in range(len(train))]  # read from the list alone
     # Scenes are inputs: restored_2 is another restoration of the same input.
     assert {e.scene for e in train.entries} == {i.input_id for i in manifest.items if i.split == "train"}
 

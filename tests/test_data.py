@@ -58,6 +58,8 @@ def test_sample_format(cfg):
             assert s[key].dtype == torch.float32 and s[key].ndim == 0
             assert 0.0 <= float(s[key]) <= 1.0
         assert isinstance(s["group"], int) and isinstance(s["name"], str)
+    # The groups without synthesising a sample: what the trainer's reference check pairs by.
+    assert ds.group_ids() == [ds[i]["group"] for i in range(len(ds))]
     with pytest.raises(IndexError, match=r"sample index 24 out of range \[0, 24\)"):
         ds[24]
 

@@ -374,15 +374,28 @@ def test_reference_check_dataset_swaps_only_the_degraded_crop_and_refuses_mixed_
     from drqa_plugin.errors import TrainingError
     from drqa_plugin.train.loaders import OtherInputReferences, sample_groups
 
-    samples = [{"restored": torch.full((3, 4, 4), float(i)), "degraded": torch.full((3, 4, 4), 10.0 + i),
-                "group": g, "target": torch.tensor(0.5)} for i, g in enumerate([0, 0, 1, 1])]
-    groups = sample_groups(samples)  # type: ignore[arg-type]  # a list is a map-style dataset
-    assert groups == [0, 0, 1, 1]
+    class Counted(list):
+        """A map-style dataset (a list) that counts the samples read."""
+
+        reads: list[int] = []
+
+        def __getitem__(self, index):  # type: ignore[override]
+            self.reads.append(index)
+            return super().__getitem__(index)
+
+    samples = Counted({"restored": torch.full((3, 4, 4), float(i)), "degraded": torch.full((3, 4, 4), 10.0 + i),
+                       "group": g, "target": torch.tensor(0.5)} for i, g in enumerate([0, 0, 1, 1, 1]))
+    groups = sample_groups(samples)  # type: ignore[arg-type]  # no group_ids(): read from the samples
+    assert groups == [0, 0, 1, 1, 1]
     swapped = OtherInputReferences(samples, groups)  # type: ignore[arg-type]
+    Counted.reads.clear()
     # Group 0 takes the first pair of group 1 and vice versa; the restored crop and the label stay.
-    assert [float(swapped[i]["degraded"][0, 0, 0]) for i in range(4)] == [12.0, 12.0, 10.0, 10.0]
-    assert [float(swapped[i]["restored"][0, 0, 0]) for i in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert [float(swapped[i]["degraded"][0, 0, 0]) for i in range(5)] == [12.0, 12.0, 10.0, 10.0, 10.0]
+    assert [float(swapped[i]["restored"][0, 0, 0]) for i in range(5)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # Two passes read every sample twice as itself; each partner's crop (sample 2 for group 0, sample 0
+    # for group 1) is read once more, not once per sample of its group and pass.
+    assert {i: Counted.reads.count(i) for i in range(5)} == {0: 3, 1: 2, 2: 3, 3: 2, 4: 2}
     assert samples[0]["degraded"][0, 0, 0] == 10.0  # the wrapped samples are not modified
     samples[2]["degraded"] = torch.zeros(3, 5, 5)
     with pytest.raises(TrainingError, match="val crops of one size"):
-        swapped[0]
+        OtherInputReferences(samples, groups)[0]

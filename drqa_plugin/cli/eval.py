@@ -131,14 +131,12 @@ def _baseline_rows(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[s
 
 
 def _per_method_table(pairs: list, rows: dict[str, np.ndarray], min_group_size: int) -> str:
-    from drqa_plugin.baselines import format_method_ranks, method_ranks
+    from drqa_plugin.baselines import method_rank_table
 
     if not all(p.method for p in pairs):
         return "per method: the list names no method for some pairs (a method column is needed)"
-    groups, methods = [p.group for p in pairs], [p.method for p in pairs]
-    table = {name: method_ranks(values, groups, methods, min_group_size)
-             for name, values in {"label": np.array([p.mos for p in pairs]), **rows}.items()}
-    return format_method_ranks(table, title="mean rank of each method inside its group (0 = last, 1 = first)")
+    return method_rank_table([p.mos for p in pairs], [p.group for p in pairs], [p.method for p in pairs], rows,
+                             min_group_size, title="mean rank of each method inside its group (0 = last, 1 = first)")
 
 
 def _other_reference_row(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[str, np.ndarray]:

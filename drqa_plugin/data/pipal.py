@@ -224,6 +224,10 @@ class PIPALPairs(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def group_ids(self) -> list[int]:
+        """Each sample's ``group`` (its scene id), from the list: no image is read."""
+        return [self.scene_ids[e.scene] for e in self.entries]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

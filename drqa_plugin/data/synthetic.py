@@ -221,6 +221,10 @@ class SyntheticPairs(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def group_ids(self) -> list[int]:
+        """Each sample's ``group`` (its photo's scene id), without synthesising or labelling it."""
+        return [self.groups[i % len(self.photos)] for i in range(self.length)]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from drqa_plugin.baselines import other_input_references
 from drqa_plugin.data import build_dataset
-from drqa_plugin.data.pipal import PIPALPairs
 from drqa_plugin.errors import TrainingError
 from drqa_plugin.preprocess import normalize
 from drqa_plugin.pretrained import PreprocessConfig
@@ -36,18 +35,26 @@ class FixedSamples(Dataset):
 
 class OtherInputReferences(Dataset):
     """The val samples with each degraded crop replaced by the degraded crop of another group
-    (:func:`drqa_plugin.baselines.other_input_references`): the trainer's reference check."""
+    (:func:`drqa_plugin.baselines.other_input_references`): the trainer's reference check.
+
+    Every pair of a group takes the same partner (the first pair of another group), so each
+    partner's degraded crop is read once and kept: one crop per group, not one per sample.
+    """
 
     def __init__(self, dataset: Dataset, groups: list[int]) -> None:
         self.dataset = dataset
         self.other = other_input_references(groups)
+        self._partner_crops: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.other)
 
     def __getitem__(self, index: int) -> Any:
         sample = dict(self.dataset[index])
-        degraded = self.dataset[self.other[index]]["degraded"]
+        partner = self.other[index]
+        if partner not in self._partner_crops:
+            self._partner_crops[partner] = self.dataset[partner]["degraded"]
+        degraded = self._partner_crops[partner]
         if degraded.shape != sample["restored"].shape:
             raise TrainingError(f"log.reference_check needs val crops of one size; got {tuple(degraded.shape)} and "
                                 f"{tuple(sample['restored'].shape)} (set data.crop, or log.reference_check=false)")
@@ -56,10 +63,11 @@ class OtherInputReferences(Dataset):
 
 
 def sample_groups(dataset: Dataset) -> list[int]:
-    """The group id of every sample (read from the list where it can be, else from the samples)."""
-    inner = getattr(dataset, "dataset", dataset)
-    if isinstance(inner, PIPALPairs):
-        return [inner.scene_ids[e.scene] for e in inner.entries]
+    """The group id of every sample: the dataset's own ``group_ids()`` (our datasets have it, and it
+    reads no image), else each sample's ``group``."""
+    inner = getattr(dataset, "dataset", dataset)  # FixedSamples wraps the val set
+    if hasattr(inner, "group_ids"):
+        return list(inner.group_ids())
     return [int(dataset[i]["group"]) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
