@@ -240,6 +240,68 @@ def test_a_moved_photo_folder_resumes_and_a_changed_photo_is_refused(photo_dir: 
         build_bank(config(moved, restorers=("nearest", "none")), out)
 
 
+def test_processes_sharing_one_gpu_sync_over_gloo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA machine, N bank processes share its GPU when launched with ACCELERATE_USE_CPU=1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert not bank_mod._sync_over_gloo()  # one GPU per process (NCCL), as accelerate launch gives it
+    for value in ("1", "true", "True"):
+        monkeypatch.setenv("ACCELERATE_USE_CPU", value)
+        assert bank_mod._sync_over_gloo()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "0")
+    assert not bank_mod._sync_over_gloo()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bank_mod._sync_over_gloo()  # no CUDA: always gloo
+
+
+def test_cli_inputs_per_task(photo_dir: Path, tmp_path: Path) -> None:
+    """--inputs-per-task N: each crop gets N inputs per task, each its own draw of the degradation."""
+    from drqa_plugin.cli import main as drqa_main
+
+    out = tmp_path / "bank"
+    assert drqa_main(["data", "build", "--photos", str(photo_dir), "--out", str(out), "--crop", str(CROP),
+                      "--task", "sr_x2", "--task", "denoise", "--restorer", "bicubic", "--restorer", "median",
+                      "--labeller", "ssim", "--inputs-per-task", "2", "--val-photo", "camera", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["inputs_per_task"] == 2
+    inputs = manifest["inputs"]
+    assert len(inputs) == len(PHOTO_SIZES) * 2 * 2  # photos x tasks x inputs per task, one crop each
+    per_crop = {(e["photo"], e["task"]): [x["input_id"] for x in inputs if (x["photo"], x["task"]) == (e["photo"], e["task"])]
+                for e in inputs}
+    assert all(len(ids) == 2 for ids in per_crop.values())
+    # Noise is drawn per input (an SR input may draw no blur, noise or JPEG twice and repeat itself).
+    references = {i.input_id: (out / i.reference).read_bytes() for i in load_manifest(out).items if i.task == "denoise"}
+    assert all(references[a] != references[b] for (_, task), (a, b) in per_crop.items() if task == "denoise")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine: benchmarks/quality_gpu.sh)")
+def test_bank_on_cuda_labels_like_cpu(built, photo_dir: Path, tmp_path: Path) -> None:
+    """device="cuda" runs labellers there too; the labels match the CPU build's."""
+    out, manifest = built
+    on_gpu = build_bank(config(photo_dir, device="cuda"), tmp_path / "bank")
+    assert [i.name for i in on_gpu.items] == [i.name for i in manifest.items]
+    for a, b in zip(on_gpu.items, manifest.items):
+        assert abs(a.label - b.label) < 1e-4
+    try:
+        from drqa_plugin.data.labellers import get_labeller
+
+        get_labeller("stlpips_alex")
+    except ImportError:
+        return
+    rng = np.random.default_rng(0)
+    pristine = rng.random((64, 64, 3), dtype=np.float32)
+    images = [np.clip(pristine + rng.normal(0, s, pristine.shape), 0, 1).astype(np.float32) for s in (0.02, 0.1)]
+    scores = {}
+    for device in ("cpu", "cuda"):
+        before = bank_mod._DEVICE["value"]
+        bank_mod._DEVICE["value"] = device
+        try:
+            scores[device] = [s["stlpips_alex"] for s in bank_mod._label(images, pristine, ["stlpips_alex"])]
+        finally:
+            bank_mod._DEVICE["value"] = before
+    assert np.allclose(scores["cpu"], scores["cuda"], atol=1e-3) and scores["cpu"][0] > scores["cpu"][1]
+
+
 def test_shares_are_disjoint_and_cover_everything() -> None:
     items = list(range(11))
     shares = [shard(items, rank, 3) for rank in range(3)]

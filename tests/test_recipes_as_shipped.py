@@ -31,8 +31,11 @@ CPU_LAUNCHERS = {
 EXPECTED_TYPE = {"cpu_2proc.yaml": "MULTI_CPU", "deepspeed_zero1.yaml": "DEEPSPEED", "deepspeed_zero2.yaml": "DEEPSPEED"}
 
 
-def _tiny_pipal(root: Path, crop: int) -> Path:
-    """A PIPAL-layout folder whose images are just large enough for the recipe's crop."""
+def _tiny_pipal(root: Path, crop: int, per_scene: int = 5) -> Path:
+    """A PIPAL-layout folder whose images are just large enough for the recipe's crop.
+
+    ``per_scene`` restorations of each of 5 training scenes: enough for one global batch of the recipe.
+    """
     from conftest import photo
 
     root.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,7 @@ def _tiny_pipal(root: Path, crop: int) -> Path:
         scene = f"A{s + 1:04d}"
         pristine = photo(name, size)
         Image.fromarray(pristine).save(root / f"{scene}.bmp")
-        for i in range(5):
+        for i in range(per_scene):
             noise = rng.normal(0, 4 + 6 * i, pristine.shape)
             restored = np.clip(pristine + noise, 0, 255).astype(np.uint8)
             Image.fromarray(restored).save(root / f"{scene}_00_{i:02d}.bmp")
@@ -59,7 +62,8 @@ def _data_overrides(config: str, tmp_path: Path) -> list[str]:
     cfg = load_config(REPO / "recipes" / "configs" / config,
                       ["data.root=/x", "data.list_file=l.txt"] if "pipal" in config else [])
     if cfg.data.kind == "pipal":
-        return [f"data.root={_tiny_pipal(tmp_path / 'pipal', cfg.data.crop)}"]
+        per_scene = max(5, -(-2 * cfg.loader.batch_size // 5))  # 2 processes, drop_last: one full global batch
+        return [f"data.root={_tiny_pipal(tmp_path / 'pipal', cfg.data.crop, per_scene)}"]
     return []
 
 
@@ -84,3 +88,35 @@ def test_shipped_recipe_runs_and_exports_loadable_weights(launcher: str, config:
     assert summary["config"]["model"]["channels_last"] == shipped.model.channels_last  # the default, untouched
     model = dq.load_model(out / "model.safetensors")
     assert isinstance(model, dq.CKDN)
+
+
+def test_quality_gpu_script_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/quality_gpu.sh as a user runs it, on CPU: sharded bank, the shipped GPU recipe, fp16 weights.
+
+    Only the device, the bank's size (data) and the step count are changed; the launchers and the
+    recipe are the shipped ones.
+    """
+    import os
+    import subprocess
+    import sys
+
+    res, run = tmp_path / "results", tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(PYTHON=sys.executable, RESULTS=str(res), BANK=str(tmp_path / "bank"), RUN=str(run), DEVICE="cpu",
+               BANK_PROCESSES="2", TRAIN_OVERRIDES="max_steps=2",
+               BANK_ARGS="--labeller ssim --combine rank --crop 320 --crops-per-photo 1 --inputs-per-task 2 "
+                         "--restorer bicubic --restorer median --val-photo rocket")
+    proc = subprocess.run(["bash", "benchmarks/quality_gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    log = (res / "quality_gpu.log").read_text() if (res / "quality_gpu.log").is_file() else ""
+    assert proc.returncode == 0, f"{log}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "sharded build failed" not in log  # the 2-process bank worked, no fallback
+    bank = json.loads((res / "bank_summary.json").read_text())
+    assert bank["config"]["inputs_per_task"] == 2 and bank["counts"]["photos"] == 12  # chelsea, coins < 320 px
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["data"]["crop"] == 288
+    assert summary["mixed_precision"] == "bf16"  # recipes/accelerate/single_gpu.yaml, as shipped
+    model = dq.load_model(run / "model.safetensors")
+    assert isinstance(model, dq.CKDN)
+    assert {"metrics.csv", "train.log", "bank.log", "model_fp16.safetensors"} <= {p.name for p in res.iterdir()}
+    assert len(list(res.iterdir())) <= 8  # what a device call brings back

@@ -32,11 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--task", action="append", dest="tasks", metavar="TASK", help="sr_x2..sr_x8 or denoise (repeatable)")
     build.add_argument("--crop", type=int, default=None, help="side of the pristine crops in px")
     build.add_argument("--crops-per-photo", type=int, default=None)
+    build.add_argument("--inputs-per-task", type=int, default=None,
+                       help="degraded inputs per crop and task (each its own draw of the degradation)")
     build.add_argument("--val-fraction", type=float, default=None, help="fraction of photos held out for val.txt")
     build.add_argument("--val-photo", action="append", dest="val_photos", metavar="NAME",
                        help="photo (file stem) held out for val.txt (repeatable; replaces --val-fraction)")
     build.add_argument("--seed", type=int, default=None)
-    build.add_argument("--device", default=None, help="where restoration networks run (cpu, cuda)")
+    build.add_argument("--device", default=None,
+                       help="where restoration networks and labellers run (cpu, cuda); under accelerate launch "
+                            "with ACCELERATE_USE_CPU=1 the processes sync over gloo and all use this device")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=run_build)
     photos = actions.add_parser("photos", help="gather photos from folders into one folder for --photos, "
@@ -61,6 +65,7 @@ def bank_options(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": args.tasks,
         "crop": args.crop,
         "crops_per_photo": args.crops_per_photo,
+        "inputs_per_task": args.inputs_per_task,
         "val_fraction": args.val_fraction,
         "val_photos": args.val_photos,
         "seed": args.seed,

@@ -1092,12 +1092,14 @@ def _restore_request(plan: InputPlan, cfg: BankConfig, restorer: Restorer, param
 
 
 def _label(images: Sequence[np.ndarray], pristine: np.ndarray, labellers: Sequence[str]) -> list[dict[str, float]]:
-    ref = torch.from_numpy(_f32(pristine).transpose(2, 0, 1).copy())[None]
+    device = _DEVICE["value"]  # labellers run where the networks do: ST-LPIPS at 320 px is 1 s on one core
+    ref = torch.from_numpy(_f32(pristine).transpose(2, 0, 1).copy())[None].to(device)
     scores: list[dict[str, float]] = [{} for _ in images]
     for name in labellers:
         fn = get_labeller(name)
         for start in range(0, len(images), 4):
-            batch = torch.stack([torch.from_numpy(_f32(a).transpose(2, 0, 1).copy()) for a in images[start:start + 4]])
+            batch = torch.stack([torch.from_numpy(_f32(a).transpose(2, 0, 1).copy())
+                                 for a in images[start:start + 4]]).to(device)
             with torch.no_grad():
                 values = fn(batch, ref).flatten().tolist()
             for i, v in enumerate(values):
@@ -1374,11 +1376,20 @@ class _SingleProcess:
         return None
 
 
+def _sync_over_gloo() -> bool:
+    """CPU processes (gloo): without CUDA, or when asked to (``ACCELERATE_USE_CPU=1``: processes sharing one GPU)."""
+    asked = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    return asked or not torch.cuda.is_available()
+
+
 def _state():
     """accelerate's PartialState when launched with several processes, else one process.
 
     On a machine without CUDA the processes synchronise over gloo (``cpu=True``), as the
-    trainer does; a state created earlier by the caller is reused (it is a singleton).
+    trainer does; so they do under ``ACCELERATE_USE_CPU=1`` on a machine with CUDA, where many
+    CPU processes (the classical restorers run on CPU) share one GPU for the networks and
+    labellers (``BankConfig.device="cuda"``). A state created earlier by the caller is
+    reused (it is a singleton).
     """
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -1390,7 +1401,7 @@ def _state():
         from accelerate import PartialState
     except ImportError as exc:  # pragma: no cover - accelerate is in the train extra
         raise DataError("a sharded bank build needs accelerate: pip install accelerate") from exc
-    state = PartialState(cpu=True, backend="gloo") if not torch.cuda.is_available() else PartialState()
+    state = PartialState(cpu=True, backend="gloo") if _sync_over_gloo() else PartialState()
     if state.num_processes != world:
         raise DataError(f"launched as {world} processes but accelerate sees {state.num_processes}: on a machine "
                         "without GPUs launch with ACCELERATE_USE_CPU=1 and --multi_gpu, and do not create "

@@ -204,6 +204,7 @@ class STLPIPSLabeller:
             raise ValueError(f"labeller needs (N,3,H,W) images of one size, got {tuple(images.shape)} "
                              f"and {tuple(pristine.shape)}")
         x = images.float()
+        self.model.to(x.device)  # follows its inputs (a bank built with device="cuda"); no-op when there
         with torch.no_grad():
             distance = self.model(x, pristine.float().expand_as(x), normalize=True)
         return (1.0 - distance.flatten()).clamp(0.0, 1.0)
