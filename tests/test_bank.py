@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -312,30 +313,67 @@ def test_shares_are_disjoint_and_cover_everything() -> None:
         shard(items, 3, 3)
 
 
-class _FakeRank:
-    """One rank of a pretend 2-process job (barriers are no-ops: ranks run one after the other)."""
+class _Rank:
+    """One rank of a pretend 2-process job, run in a thread; barriers are real (threading.Barrier)."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, barrier: threading.Barrier) -> None:
         self.process_index, self.num_processes, self.is_main_process = rank, 2, rank == 0
+        self.barrier = barrier
 
     def wait_for_everyone(self) -> None:
-        return None
+        self.barrier.wait(timeout=120)
+
+
+def _two_ranks(cfg: BankConfig, target: Path) -> list:
+    """build_bank in two threads as ranks 0 and 1 of one job; returns their manifests (rank order)."""
+    barrier = threading.Barrier(2)
+    results: list = [None, None]
+
+    def run(rank: int) -> None:
+        try:
+            results[rank] = build_bank(cfg, target, state=_Rank(rank, barrier))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            results[rank] = exc
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def test_ranks_build_their_shares(built, photo_dir: Path, tmp_path: Path) -> None:
     out, manifest = built
     target = tmp_path / "bank"
-    # Rank 1 first (its share only; the main process writes the lists), then rank 0 finishes.
-    cfg = config(photo_dir)
-    (target).mkdir()
-    (target / "bank.json").write_bytes((out / "bank.json").read_bytes())
-    with pytest.raises(DataError, match="not a finished bank folder"):
-        build_bank(cfg, target, state=_FakeRank(1))  # no manifest yet: rank 1 cannot return one
-    written_1 = {p for p in digest(target) if p != "bank.json"}
-    main = build_bank(cfg, target, state=_FakeRank(0))
-    assert written_1 and not written_1 & set(main.written)
-    assert written_1 | set(main.written) == set(digest(out)) - {"bank.json", "manifest.json", "train.txt",
-                                                                 "val.txt", "train.csv", "val.csv"}
+    main, other = _two_ranks(config(photo_dir), target)
+    assert main.written and other.written and not set(main.written) & set(other.written)
+    assert set(main.written) | set(other.written) == set(digest(out)) - {"bank.json", "manifest.json", "train.txt",
+                                                                         "val.txt", "train.csv", "val.csv"}
+    assert digest(target) == digest(out)
+    assert [i.name for i in other.items] == [i.name for i in main.items]  # every rank returns the manifest
+
+
+def test_a_resumed_build_splits_what_is_missing(built, photo_dir: Path, tmp_path: Path) -> None:
+    """Ranks share out the missing inputs, not all of them: round robin over every input gave one
+    process all the work of a bank whose other inputs were already built (and the other waited)."""
+    out, _ = built
+    target = tmp_path / "bank"
+    shutil.copytree(out, target)
+    inputs = sorted(p.stem for p in (target / "records").glob("*.json"))
+    missing = inputs[0::2]  # every other input, the pattern that one rank's share would leave
+    assert len(missing) == 3  # 3 photos x 2 tasks, one crop each
+    for input_id in missing:
+        for f in target.rglob(f"*{input_id}*"):
+            f.unlink()
+    main, other = _two_ranks(config(photo_dir), target)
+    built_by = [{Path(f).name.split(".")[0] for f in m.written if f.startswith("records/")} for m in (main, other)]
+    assert built_by[0] | built_by[1] == set(missing) and not built_by[0] & built_by[1]
+    assert sorted(map(len, built_by)) == [1, 2]  # 3 missing inputs, split as evenly as they go
     assert digest(target) == digest(out)
 
 

@@ -49,6 +49,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -1401,7 +1402,11 @@ def _state():
         from accelerate import PartialState
     except ImportError as exc:  # pragma: no cover - accelerate is in the train extra
         raise DataError("a sharded bank build needs accelerate: pip install accelerate") from exc
-    state = PartialState(cpu=True, backend="gloo") if _sync_over_gloo() else PartialState()
+    # A process that finishes its share waits at a barrier for the slowest: allow a day, not the
+    # default 30 minutes (a bank share of Real-ESRGAN and ST-LPIPS VGG on 2 cores takes longer).
+    timeout = timedelta(hours=24)
+    state = (PartialState(cpu=True, backend="gloo", timeout=timeout) if _sync_over_gloo()
+             else PartialState(timeout=timeout))
     if state.num_processes != world:
         raise DataError(f"launched as {world} processes but accelerate sees {state.num_processes}: on a machine "
                         "without GPUs launch with ACCELERATE_USE_CPU=1 and --multi_gpu, and do not create "
@@ -1455,10 +1460,15 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
                                 f"({stamp}); use a new output folder")
         else:
             atomic_write_bytes(stamp, _json_bytes({"format": FORMAT, "config_hash": config_hash, **content}))
+    # Share out only what is missing, so a resumed build splits its remaining work evenly (round
+    # robin over every input gave one process all of a half-built bank's work). Every process
+    # scans before the barrier, when nobody has started building, so all see the same list.
+    todo = [plan for plan in plans
+            if not all((out / f).is_file() for f in _input_files(plan.input_id, restorers, plan.task))]
     state.wait_for_everyone()
     if not stamp.is_file():
         raise DataError(f"{stamp} was not written by the main process")
-    mine = shard(plans, state.process_index, state.num_processes)
+    mine = shard(todo, state.process_index, state.num_processes)
     written: list[str] = []
     from tqdm.auto import tqdm
 
