@@ -1110,12 +1110,13 @@ def _label(images: Sequence[np.ndarray], pristine: np.ndarray, labellers: Sequen
     return scores
 
 
+def _input_built(plan: InputPlan, restorers: Sequence[Restorer], out: Path) -> bool:
+    return all((out / f).is_file() for f in _input_files(plan.input_id, restorers, plan.task))
+
+
 def _build_input(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer], out: Path,
                  config_hash: str) -> list[str]:
-    """Build (or complete) one input; returns the files written."""
-    files = _input_files(plan.input_id, restorers, plan.task)
-    if all((out / f).is_file() for f in files):
-        return []
+    """Complete one input that is not yet built (see :func:`_input_built`); returns the files written."""
     written: list[str] = []
 
     def put(rel: str, data: bytes) -> None:
@@ -1379,8 +1380,9 @@ class _SingleProcess:
 
 def _sync_over_gloo() -> bool:
     """CPU processes (gloo): without CUDA, or when asked to (``ACCELERATE_USE_CPU=1``: processes sharing one GPU)."""
-    asked = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
-    return asked or not torch.cuda.is_available()
+    from accelerate.utils import parse_flag_from_env  # the launcher's own reading of the flag
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
 
 
 def _state():
@@ -1463,8 +1465,7 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
     # Share out only what is missing, so a resumed build splits its remaining work evenly (round
     # robin over every input gave one process all of a half-built bank's work). Every process
     # scans before the barrier, when nobody has started building, so all see the same list.
-    todo = [plan for plan in plans
-            if not all((out / f).is_file() for f in _input_files(plan.input_id, restorers, plan.task))]
+    todo = [plan for plan in plans if not _input_built(plan, restorers, out)]
     state.wait_for_everyone()
     if not stamp.is_file():
         raise DataError(f"{stamp} was not written by the main process")
