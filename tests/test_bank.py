@@ -275,6 +275,23 @@ def test_cli_inputs_per_task(photo_dir: Path, tmp_path: Path) -> None:
     assert all(references[a] != references[b] for (_, task), (a, b) in per_crop.items() if task == "denoise")
 
 
+def test_cli_clean_sr_inputs(photo_dir: Path, tmp_path: Path) -> None:
+    """--sr-{blur,noise,jpeg}-prob 0: every SR input is only downscaled (the bicubic-benchmark setting)."""
+    from drqa_plugin.cli import main as drqa_main
+
+    out = tmp_path / "bank"
+    assert drqa_main(["data", "build", "--photos", str(photo_dir), "--out", str(out), "--crop", str(CROP),
+                      "--task", "sr_x2", "--restorer", "bicubic", "--labeller", "ssim", "--inputs-per-task", "3",
+                      "--sr-blur-prob", "0", "--sr-noise-prob", "0", "--sr-jpeg-prob", "0",
+                      "--val-photo", "camera", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [manifest["config"][f"sr_{k}_prob"] for k in ("blur", "noise", "jpeg")] == [0.0, 0.0, 0.0]
+    assert len(manifest["inputs"]) == len(PHOTO_SIZES) * 3
+    assert all(set(i["degradation"]) == {"down_interpolation"} for i in manifest["inputs"])
+    with pytest.raises(SystemExit):  # argparse: not a number
+        drqa_main(["data", "build", "--out", str(tmp_path / "x"), "--sr-blur-prob", "half"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine: benchmarks/quality_gpu.sh)")
 def test_bank_on_cuda_labels_like_cpu(built, photo_dir: Path, tmp_path: Path) -> None:
     """device="cuda" runs labellers there too; the labels match the CPU build's."""

@@ -17,6 +17,8 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from drqa_plugin.data.bank import BankConfig
+
     parser = sub.add_parser("data", help="build a restoration bank (training/validation data with FR labels)",
                             description=__doc__.split(": ", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -34,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--crops-per-photo", type=int, default=None)
     build.add_argument("--inputs-per-task", type=int, default=None,
                        help="degraded inputs per crop and task (each its own draw of the degradation)")
+    for kind, when in (("blur", "before"), ("noise", "after"), ("jpeg", "after")):
+        default = getattr(BankConfig, f"sr_{kind}_prob")
+        build.add_argument(f"--sr-{kind}-prob", type=float, default=None, metavar="P",
+                           help=f"probability of {kind} {when} the downscale of an SR input (default {default}; "
+                                "0 for all three: clean inputs, as in bicubic SR benchmarks)")
     build.add_argument("--val-fraction", type=float, default=None, help="fraction of photos held out for val.txt")
     build.add_argument("--val-photo", action="append", dest="val_photos", metavar="NAME",
                        help="photo (file stem) held out for val.txt (repeatable; replaces --val-fraction)")
@@ -66,6 +73,9 @@ def bank_options(args: argparse.Namespace) -> dict[str, Any]:
         "crop": args.crop,
         "crops_per_photo": args.crops_per_photo,
         "inputs_per_task": args.inputs_per_task,
+        "sr_blur_prob": args.sr_blur_prob,
+        "sr_noise_prob": args.sr_noise_prob,
+        "sr_jpeg_prob": args.sr_jpeg_prob,
         "val_fraction": args.val_fraction,
         "val_photos": args.val_photos,
         "seed": args.seed,
