@@ -1094,13 +1094,17 @@ def _restore_request(plan: InputPlan, cfg: BankConfig, restorer: Restorer, param
 
 def _label(images: Sequence[np.ndarray], pristine: np.ndarray, labellers: Sequence[str]) -> list[dict[str, float]]:
     device = _DEVICE["value"]  # labellers run where the networks do: ST-LPIPS at 320 px is 1 s on one core
-    ref = torch.from_numpy(_f32(pristine).transpose(2, 0, 1).copy())[None].to(device)
+
+    def chw(group: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([_f32(a).transpose(2, 0, 1) for a in group])).to(device)
+
+    ref = chw([pristine])
+    # Converted and moved once, then shared by every labeller.
+    batches = [(start, chw(images[start:start + 4])) for start in range(0, len(images), 4)]
     scores: list[dict[str, float]] = [{} for _ in images]
     for name in labellers:
         fn = get_labeller(name)
-        for start in range(0, len(images), 4):
-            batch = torch.stack([torch.from_numpy(_f32(a).transpose(2, 0, 1).copy())
-                                 for a in images[start:start + 4]]).to(device)
+        for start, batch in batches:
             with torch.no_grad():
                 values = fn(batch, ref).flatten().tolist()
             for i, v in enumerate(values):
