@@ -407,7 +407,8 @@ def test_accelerate_launch_two_processes(built, photo_dir: Path, tmp_path: Path)
         from drqa_plugin.data.bank import build_bank
         import os
         m = build_bank(config(Path({str(photo_dir)!r})), {str(tmp_path / 'bank')!r})
-        print(f"RANK {{os.environ['RANK']}} WROTE {{len(m.written)}} ITEMS {{len(m.items)}}", flush=True)
+        # one file per rank: two ranks printing to one pipe can interleave their lines
+        Path({str(tmp_path)!r}, f"rank{{os.environ['RANK']}}.txt").write_text(str(len(m.written)))
     """))
     accel_cfg = tmp_path / "accelerate.yaml"
     accel_cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: 'no'\n"
@@ -419,8 +420,8 @@ def test_accelerate_launch_two_processes(built, photo_dir: Path, tmp_path: Path)
            "--main_process_port", str(_free_port()), str(script)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    wrote = dict(line.split()[1:4:2] for line in proc.stdout.splitlines() if line.startswith("RANK"))
-    assert set(wrote) == {"0", "1"} and all(int(n) > 0 for n in wrote.values())
+    wrote = {f.stem: int(f.read_text()) for f in tmp_path.glob("rank*.txt")}
+    assert set(wrote) == {"rank0", "rank1"} and all(n > 0 for n in wrote.values()), wrote
     assert digest(tmp_path / "bank") == digest(out)
 
 
