@@ -181,8 +181,9 @@ class DRIQALoss(nn.Module):
         memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         x = x.to(dtype).contiguous(memory_format=memory_format)
         with torch.no_grad():
-            reference = self.net.reference_encoder(y.to(dtype).contiguous(memory_format=memory_format))
-        scores = self.net.compare(self.net.restored_encoder(x), reference).float()
+            y = y.to(dtype).contiguous(memory_format=memory_format)
+            reference, context = self.net.reference_encoder(y), self.net.input_context(y)
+        scores = self.net.compare(self.net.restored_encoder(x), reference, context).float()
         return scores.view(restored.shape[0], tiles).mean(1)
 
     def forward(self, restored: Tensor, degraded: Tensor | None = None) -> Tensor:

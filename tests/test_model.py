@@ -5,6 +5,7 @@ import torch
 
 import drqa_plugin as dq
 from drqa_plugin.models.blocks import fold_batchnorm
+from drqa_plugin.preprocess import normalize
 from tests.conftest import randomise_batchnorm
 
 
@@ -192,3 +193,65 @@ def test_alex_variant_round_trips_through_save_model(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, x.flip(-1)), model(x, x.flip(-1)))
+
+
+def test_context_variant_conditions_every_scored_path_on_its_input():
+    torch.manual_seed(2)
+    model = randomise_batchnorm(dq.create_model("ckdn_r50_ctx"))
+    assert model.head[0].in_features == 512 + 256 and dq.create_model().head[0].in_features == 512
+    r, d, r2, p = (torch.randn(3, 3, 64, 64) for _ in range(4))
+    enc_r, enc_ref = model.restored_encoder, model.reference_encoder
+    with torch.no_grad():
+        out = model(r, d, r2, p, paths=("dr", "fr", "nr", "gap", "dr2", "drx"))
+        context = enc_r(d).mean(dim=(2, 3))
+        torch.testing.assert_close(model.input_context(d), context)
+        torch.testing.assert_close(out.dr, model(r, d))
+        torch.testing.assert_close(out.dr_2, model(r2, d))
+        torch.testing.assert_close(out.dr_x, model(r, d[[2, 0, 1]]))  # the other sample's reference and context
+        # The teacher compares with the pristine image and reads the same degraded input's context.
+        torch.testing.assert_close(out.fr, model.compare(enc_r(r), enc_ref(p), context))
+        # Same reference features, another input's context: another score.
+        assert not torch.allclose(model.compare(enc_r(r), enc_ref(d), context.roll(1, 0)), out.dr)
+        scorer_path = model.score_pooled(model.pooled_features(r, d))
+    torch.testing.assert_close(scorer_path, out.dr)
+    with pytest.raises(ValueError, match="needs the input's context"):
+        model.compare(enc_r(r), enc_ref(d))
+
+
+def test_context_variant_folds_saves_scores_and_trains_a_restorer(tmp_path):
+    torch.manual_seed(3)
+    model = randomise_batchnorm(dq.create_model("ckdn_r50_ctx"))
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    frozen = dq.models.ckdn.frozen_inference_copy(model, differentiable=False)
+    cfg = model.pretrained_cfg.preprocess
+    with torch.no_grad():
+        expected = model(normalize(x, cfg), normalize(y, cfg))
+        torch.testing.assert_close(frozen(normalize(x, cfg), normalize(y, cfg)), expected, atol=1e-5, rtol=0)
+    dq.save_model(model, tmp_path / "ctx.safetensors")
+    assert dq.read_metadata(tmp_path / "ctx.safetensors")["arch"] == "ckdn_r50_ctx"
+    scorer = dq.DRIQA(str(tmp_path / "ctx.safetensors"), preprocess="none", device="cpu")
+    torch.testing.assert_close(scorer(x, y), expected, atol=1e-5, rtol=0)
+    loss = dq.DRIQALoss(weights=str(tmp_path / "ctx.safetensors"), preprocess="none")
+    restored = x.clone().requires_grad_(True)
+    penalty = loss(restored, y)
+    torch.testing.assert_close(penalty, (1 - expected).mean(), atol=1e-5, rtol=0)
+    penalty.backward()
+    assert restored.grad is not None and restored.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_trainer_trains_and_exports_the_context_variant(tmp_path):
+    import subprocess
+    import sys
+
+    from test_train_distributed import REPO, TINY, _env
+
+    cmd = [sys.executable, "-m", "drqa_plugin.train", "--config", TINY, "model.arch=ckdn_r50_ctx",
+           f"output_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(False), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert dq.read_metadata(tmp_path / "model.safetensors")["arch"] == "ckdn_r50_ctx"
+    scorer = dq.DRIQA(str(tmp_path / "model.safetensors"), preprocess="none")
+    x = torch.rand(2, 3, 64, 64)
+    scores = scorer(x, x.flip(-1))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()

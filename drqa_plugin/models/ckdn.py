@@ -10,6 +10,12 @@ Layout (all blocks are ResNet-50 pieces):
 * ``reference_encoder`` -- same structure, own weights (degraded *and* pristine refs)
 * ``comparator`` + ``head``       -- ResNet layer2 + MLP, shared by student and teacher
 * ``nr_comparator`` + ``nr_head`` -- auxiliary no-reference ranking branch
+
+Variant ``ckdn_r50_ctx`` (ours, not in the paper) also hands the head the input's context: the
+restored encoder's pooled features of the degraded input. Distillation pulls the reference
+encoder's features of a degraded input toward those of its pristine image, so they are meant to
+lose how degraded the input was; the context keeps that, so the head can learn that a method's
+worth depends on its input (GAN texture over a clean input vs over a noisy one).
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class CKDNConfig:
     comparator_blocks: int = 4  # ResNet-50 layer2
     head_hidden: int = 2048
     head_dropout: float = 0.5
+    # The score head also sees the input's context (see the module docstring); False = the paper's head.
+    input_context: bool = False
 
 
 class TrainOutputs(NamedTuple):
@@ -113,10 +121,15 @@ class AlexEncoder(nn.Module):
 ENCODERS = {"resnet": Encoder, "alex": AlexEncoder}
 
 
-def _score_head(cfg: CKDNConfig) -> nn.Sequential:
+#: Channels of the comparator output and of an encoder output (the context).
+COMPARATOR_CHANNELS = 512
+ENCODER_CHANNELS = 256
+
+
+def _score_head(cfg: CKDNConfig, in_features: int = COMPARATOR_CHANNELS) -> nn.Sequential:
     # Indices 0/3/6 hold the Linear layers, matching the published checkpoints.
     return nn.Sequential(
-        nn.Linear(512, cfg.head_hidden),
+        nn.Linear(in_features, cfg.head_hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(cfg.head_dropout),
         nn.Linear(cfg.head_hidden, cfg.head_hidden),
@@ -145,7 +158,8 @@ class CKDN(nn.Module):
         self.restored_encoder = ENCODERS[self.cfg.encoder](self.cfg)
         self.reference_encoder = ENCODERS[self.cfg.encoder](self.cfg)
         self.comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
-        self.head = _score_head(self.cfg)
+        context = ENCODER_CHANNELS if self.cfg.input_context else 0
+        self.head = _score_head(self.cfg, COMPARATOR_CHANNELS + context)
         self.nr_comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
         self.nr_head = _score_head(self.cfg)
         self.reset_parameters()
@@ -159,8 +173,11 @@ class CKDN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @staticmethod
-    def _pool_score(features: Tensor, head: nn.Sequential) -> Tensor:
-        return CKDN._head_score(features.mean(dim=(2, 3)), head)
+    def _pool_score(features: Tensor, head: nn.Sequential, context: Tensor | None = None) -> Tensor:
+        pooled = features.mean(dim=(2, 3))
+        if context is not None:
+            pooled = torch.cat([pooled.to(context.dtype), context], dim=1)
+        return CKDN._head_score(pooled, head)
 
     @staticmethod
     def _head_score(pooled: Tensor, head: nn.Sequential) -> Tensor:
@@ -169,14 +186,25 @@ class CKDN(nn.Module):
         assert isinstance(first, nn.Linear)
         return torch.sigmoid(head(pooled.to(first.weight.dtype))).squeeze(1)
 
-    def compare(self, restored_features: Tensor, reference_features: Tensor) -> Tensor:
-        """Score restored-encoder features against reference-encoder features."""
-        return self._pool_score(self.comparator(restored_features - reference_features), self.head)
+    def input_context(self, degraded: Tensor) -> Tensor | None:
+        """The head's view of the input (N, 256) for variants with ``input_context``; else None."""
+        if not self.cfg.input_context:
+            return None
+        return self.restored_encoder(degraded).float().mean(dim=(2, 3))
+
+    def compare(self, restored_features: Tensor, reference_features: Tensor, context: Tensor | None = None) -> Tensor:
+        """Score restored-encoder features against reference-encoder features (and the input's
+        :meth:`input_context`, which variants with ``input_context`` require)."""
+        if self.cfg.input_context and context is None:
+            raise ValueError("this variant's head also needs the input's context: compare(r, d, model.input_context(x))")
+        return self._pool_score(self.comparator(restored_features - reference_features), self.head, context)
 
     def pooled_features(self, restored: Tensor, degraded: Tensor) -> Tensor:
-        """Globally pooled comparator features (N, 512) of the degraded-reference path."""
+        """Globally pooled head inputs (N, 512, or 768 with the input's context) of the degraded-reference path."""
         diff = self.restored_encoder(restored) - self.reference_encoder(degraded)
-        return self.comparator(diff).float().mean(dim=(2, 3))
+        pooled = self.comparator(diff).float().mean(dim=(2, 3))
+        context = self.input_context(degraded)
+        return pooled if context is None else torch.cat([pooled, context], dim=1)
 
     def score_pooled(self, pooled: Tensor) -> Tensor:
         """Scores (N,) from :meth:`pooled_features`; lets callers run the head once for many chunks."""
@@ -192,7 +220,9 @@ class CKDN(nn.Module):
         paths: tuple[str, ...] = ("dr", "fr", "nr", "gap"),
     ) -> Tensor | TrainOutputs:
         if restored_2 is None and pristine is None:
-            return self.compare(self.restored_encoder(restored), self.reference_encoder(degraded))
+            return self.compare(
+                self.restored_encoder(restored), self.reference_encoder(degraded), self.input_context(degraded)
+            )
         if restored_2 is None or pristine is None:
             raise ValueError("training forward needs restored, degraded, restored_2 and pristine")
         return self._forward_train(restored, degraded, restored_2, pristine, set(paths))
@@ -207,10 +237,14 @@ class CKDN(nn.Module):
         need_r2 = bool(paths & {"nr", "dr2"})
         need_d = bool(paths & {"dr", "dr2", "drx", "gap"})
         need_p = bool(paths & {"fr", "gap"})
+        scored = [k for k in ("dr", "fr", "dr2", "drx") if k in paths]
+        need_c = self.cfg.input_context and bool(scored)
         # One encoder call per encoder keeps BatchNorm statistics shared the way the
         # official code shares them (it concatenates batches through each module).
-        r = self.restored_encoder(torch.cat([restored, restored_2]) if need_r2 else restored)
-        r1, r2 = (r[:n], r[n:]) if need_r2 else (r, None)
+        batch = [restored] + ([restored_2] if need_r2 else []) + ([degraded] if need_c else [])
+        r = self.restored_encoder(torch.cat(batch)).split(n)
+        r1, r2 = r[0], (r[1] if need_r2 else None)
+        context = r[-1].float().mean(dim=(2, 3)) if need_c else None
         d = p = None
         if need_d and need_p:
             refs = self.reference_encoder(torch.cat([degraded, pristine]))
@@ -221,16 +255,19 @@ class CKDN(nn.Module):
             p = self.reference_encoder(pristine)
         # Every comparator input of this pass goes through it as one batch ([R1-D ; R1-P ; R2-D ; R1-D']).
         pairs = {"dr": (r1, d), "fr": (r1, p), "dr2": (r2, d), "drx": (r1, None if d is None else d.roll(1, 0))}
-        wanted = [k for k in ("dr", "fr", "dr2", "drx") if k in paths]
         scores: dict[str, Tensor] = {}
-        if wanted:
+        if scored:
             diffs = []
-            for k in wanted:
+            for k in scored:
                 a, b = pairs[k]
                 assert a is not None and b is not None  # computed above for every wanted path
                 diffs.append(a - b)
-            joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head)
-            scores = dict(zip(wanted, joint.split(n)))
+            # Every path is conditioned on its input, the teacher's too; drx on the other sample's input.
+            contexts = None
+            if context is not None:
+                contexts = torch.cat([context.roll(1, 0) if k == "drx" else context for k in scored])
+            joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head, contexts)
+            scores = dict(zip(scored, joint.split(n)))
         nr = gap = None
         if "nr" in paths:
             assert r2 is not None
@@ -279,6 +316,18 @@ register_variant(
             provenance="randomly initialised",
         ),
         description="CKDN (Zheng et al., ICCV 2021): ResNet-50 encoders + layer2 comparator, 288 px",
+    )
+)
+
+register_variant(
+    ModelVariant(
+        name="ckdn_r50_ctx",
+        build=lambda: CKDN(CKDNConfig(input_context=True)),
+        pretrained=PretrainedConfig(
+            license="MIT (architecture); weights: as stated by their source",
+            provenance="randomly initialised",
+        ),
+        description="ckdn_r50 whose score head also sees the degraded input's pooled features (ours, not in the paper)",
     )
 )
 
