@@ -727,8 +727,13 @@ def _ncnn_file(module: str, stem: str) -> str:
 _DEVICE = {"value": "cpu"}  # set by build_bank from BankConfig.device
 
 
+def _device_batch(images: Sequence[FloatImage]) -> torch.Tensor:
+    """HWC float images as one NCHW batch on the bank's device."""
+    return torch.from_numpy(np.stack([x.transpose(2, 0, 1) for x in images])).to(_DEVICE["value"])
+
+
 def _run_net(net: Callable[[torch.Tensor], torch.Tensor], x: FloatImage, pad: int = 0) -> FloatImage:
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(_DEVICE["value"])
+    t = _device_batch([x])
     if pad:
         t = F.pad(t, (pad, pad, pad, pad), mode="replicate")
     with torch.inference_mode():
@@ -1093,14 +1098,10 @@ def _restore_request(plan: InputPlan, cfg: BankConfig, restorer: Restorer, param
 
 
 def _label(images: Sequence[np.ndarray], pristine: np.ndarray, labellers: Sequence[str]) -> list[dict[str, float]]:
-    device = _DEVICE["value"]  # labellers run where the networks do: ST-LPIPS at 320 px is 1 s on one core
-
-    def chw(group: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([_f32(a).transpose(2, 0, 1) for a in group])).to(device)
-
-    ref = chw([pristine])
-    # Converted and moved once, then shared by every labeller.
-    batches = [(start, chw(images[start:start + 4])) for start in range(0, len(images), 4)]
+    # Labellers run where the networks do (ST-LPIPS at 320 px is 1 s on one core). Each batch is
+    # converted and moved once, then shared by every labeller.
+    ref = _device_batch([_f32(pristine)])
+    batches = [(start, _device_batch([_f32(a) for a in images[start:start + 4]])) for start in range(0, len(images), 4)]
     scores: list[dict[str, float]] = [{} for _ in images]
     for name in labellers:
         fn = get_labeller(name)

@@ -190,7 +190,11 @@ class CKDN(nn.Module):
         """The head's view of the input (N, 256) for variants with ``input_context``; else None."""
         if not self.cfg.input_context:
             return None
-        return self.restored_encoder(degraded).float().mean(dim=(2, 3))
+        return self._pool_context(self.restored_encoder(degraded))
+
+    @staticmethod
+    def _pool_context(encoded_input: Tensor) -> Tensor:
+        return encoded_input.float().mean(dim=(2, 3))
 
     def compare(self, restored_features: Tensor, reference_features: Tensor, context: Tensor | None = None) -> Tensor:
         """Score restored-encoder features against reference-encoder features (and the input's
@@ -244,7 +248,7 @@ class CKDN(nn.Module):
         batch = [restored] + ([restored_2] if need_r2 else []) + ([degraded] if need_c else [])
         r = self.restored_encoder(torch.cat(batch)).split(n)
         r1, r2 = r[0], (r[1] if need_r2 else None)
-        context = r[-1].float().mean(dim=(2, 3)) if need_c else None
+        context = self._pool_context(r[-1]) if need_c else None
         d = p = None
         if need_d and need_p:
             refs = self.reference_encoder(torch.cat([degraded, pristine]))
