@@ -292,6 +292,76 @@ def test_cli_clean_sr_inputs(photo_dir: Path, tmp_path: Path) -> None:
         drqa_main(["data", "build", "--out", str(tmp_path / "x"), "--sr-blur-prob", "half"])
 
 
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _batch(path: Path) -> torch.Tensor:
+    return torch.from_numpy(_rgb(path).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_cli_blends_of_restorations(photo_dir: Path, tmp_path: Path) -> None:
+    """--blends-per-input N: N pixel blends of two restorations per training input, labelled like the rest."""
+    from drqa_plugin.cli import main as drqa_main
+    from drqa_plugin.data.labellers import get_labeller
+
+    out = tmp_path / "bank"
+    args = ["data", "build", "--photos", str(photo_dir), "--out", str(out), "--crop", str(CROP), "--task", "sr_x2",
+            "--task", "denoise", "--labeller", "ssim", "--val-photo", "camera", "--blends-per-input", "2",
+            "--no-progress"] + [a for r in RESTORERS for a in ("--restorer", r)]
+    assert drqa_main(args) == 0
+    manifest = load_manifest(out)
+    assert manifest.config["blends_per_input"] == 2
+    blends = [i for i in manifest.items if i.method == "blend"]
+    train_inputs = {i.input_id for i in manifest.items if i.split == "train"}
+    assert len(blends) == 2 * len(train_inputs) and {i.split for i in blends} == {"train"}  # val: real methods only
+    assert read_labelled_list(out / "val.csv") and not any(p.method.endswith("blend")
+                                                           for p in read_labelled_list(out / "val.csv"))
+    assert sum(p.method.endswith("/blend") for p in read_labelled_list(out / "train.csv")) == len(blends)
+    records = {r["input_id"]: r for r in manifest.inputs}
+    ssim = get_labeller("ssim")
+    for item in blends:
+        recipe = next(x for x in records[item.input_id]["items"] if x["name"] == item.name)
+        first, second = recipe["sources"]
+        assert first != second and 0.25 <= item.strength <= 0.75
+        kinds = {"sr_x2": {"nearest", "bicubic", "tiny_plus"}, "denoise": {"median", "none"}}[item.task]
+        assert {first, second} <= kinds  # two real restorations of the same input, never another blend
+        a, b = (_rgb(out / f"{item.input_id}_{bank_mod._slug(m)}.png").astype(np.float64) for m in (first, second))
+        expected = np.clip(np.rint(item.strength * a + (1 - item.strength) * b), 0, 255)
+        assert np.abs(_rgb(out / item.name) - expected).max() <= 1  # the weight is stored rounded
+        assert (out / item.reference).read_bytes() == (out / f"ref_{item.input_id}_{bank_mod._slug(first)}.png").read_bytes()
+        label = ssim(_batch(out / item.name), _batch(out / item.pristine)).item()
+        assert item.scores["ssim"] == pytest.approx(label, abs=1e-6)
+    # Several blends of one input differ, and a rerun or a lost blend file rebuilds only what is missing.
+    assert len({(out / i.name).read_bytes() for i in blends}) > len(train_inputs)
+    assert build_bank(BankConfig.from_dict(bank_options_of(args)), out).written == []
+    (out / blends[0].name).unlink()
+    assert build_bank(BankConfig.from_dict(bank_options_of(args)), out).written == [blends[0].name]
+
+
+def bank_options_of(argv: list[str]) -> dict:
+    from drqa_plugin.cli import build_parser
+    from drqa_plugin.cli.data import bank_options
+
+    return bank_options(build_parser().parse_args(argv))
+
+
+def test_blends_keep_older_banks_and_check_their_options(photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bank"
+    plain = build_bank(config(photo_dir, restorers=("nearest", "bicubic", "none", "median")), out)
+    assert "blends_per_input" not in json.loads((out / "bank.json").read_text())["config"]  # a bank started before blends resumes
+    with pytest.raises(DataError, match="other parameters"):
+        build_bank(config(photo_dir, restorers=("nearest", "bicubic", "none", "median"), blends_per_input=1), out)
+    assert all(i.method != "blend" for i in plain.items)
+    with pytest.raises(DataError, match="blends_per_input must be an integer >= 0"):
+        config(photo_dir, blends_per_input=-1)
+    with pytest.raises(DataError, match="needs at least two restorers for task 'denoise'"):
+        build_bank(config(photo_dir, restorers=("nearest", "bicubic", "none"), blends_per_input=1), tmp_path / "one")
+    register_restorer("blend", lambda x, req: x, kind="denoise")
+    with pytest.raises(DataError, match="clashes with the method name"):
+        build_bank(config(photo_dir, restorers=("nearest", "none", "blend"), blends_per_input=1), tmp_path / "clash")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine: benchmarks/quality_gpu.sh)")
 def test_bank_on_cuda_labels_like_cpu(built, photo_dir: Path, tmp_path: Path) -> None:
     """device="cuda" runs labellers there too; the labels match the CPU build's."""

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--crops-per-photo", type=int, default=None)
     build.add_argument("--inputs-per-task", type=int, default=None,
                        help="degraded inputs per crop and task (each its own draw of the degradation)")
+    build.add_argument("--blends-per-input", type=int, default=None, metavar="N",
+                       help="extra restorations of each training input, each a pixel blend of two of its "
+                            "restorations, labelled like the rest (method 'blend'; default 0)")
     for kind, when in (("blur", "before"), ("noise", "after"), ("jpeg", "after")):
         default = getattr(BankConfig, f"sr_{kind}_prob")
         build.add_argument(f"--sr-{kind}-prob", type=float, default=None, metavar="P",
@@ -73,6 +76,7 @@ def bank_options(args: argparse.Namespace) -> dict[str, Any]:
         "crop": args.crop,
         "crops_per_photo": args.crops_per_photo,
         "inputs_per_task": args.inputs_per_task,
+        "blends_per_input": args.blends_per_input,
         "sr_blur_prob": args.sr_blur_prob,
         "sr_noise_prob": args.sr_noise_prob,
         "sr_jpeg_prob": args.sr_jpeg_prob,

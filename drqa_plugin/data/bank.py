@@ -74,6 +74,7 @@ FORMAT = "drqa-bank"
 FORMAT_VERSION = 1
 KINDS = ("sr", "denoise")
 COMBINES = ("mean", "rank", "minmax")
+BLEND_METHOD = "blend"  # the method name of BankConfig.blends_per_input's restorations
 _TASK_RE = re.compile(r"^(?:sr_x([2-8])|denoise)$")
 _INTERP = {
     "nearest": cv2.INTER_NEAREST,
@@ -145,6 +146,12 @@ class BankConfig:
             safetensors) or ``"ncnn:PATH.param"`` (an ncnn network run with torch).
         vary_strength: built-in restorers draw their strength (sharpening amount, denoising
             weight, ...) per input around a nominal value, so a method is not one quality.
+        blends_per_input: extra restorations of every *training* input, each a pixel blend
+            ``w * a + (1 - w) * b`` of two of its restorations (drawn per blend, w in 0.25-0.75),
+            labelled like the rest (method ``blend``). A method's look then no longer decides a
+            label by itself: a blend's label mostly lies between its two sources' labels, so it
+            depends on which restoration is better *for this input*. Validation inputs keep real
+            restorations only. 0 = off.
         labellers: names from ``drqa_plugin.data.labellers``; ``combine`` turns their scores
             into one label: ``mean`` of the raw scores, mean percentile ``rank`` over the bank,
             or mean ``minmax``-normalised score over the bank.
@@ -174,6 +181,7 @@ class BankConfig:
     reference_interpolation: str = "bicubic"
     restorers: tuple[str, ...] = ("auto",)
     vary_strength: bool = True
+    blends_per_input: int = 0
     labellers: tuple[str, ...] = ("ms_ssim",)
     combine: str = "mean"
     seed: int = 0
@@ -193,10 +201,10 @@ class BankConfig:
             if isinstance(self.crop, bool) or int(self.crop) != self.crop or int(self.crop) < 16:
                 raise DataError(f"BankConfig.crop must be an integer >= 16 or None, got {self.crop!r}")
             self.crop = int(self.crop)
-        for name in ("crops_per_photo", "inputs_per_task"):
+        for name, least in (("crops_per_photo", 1), ("inputs_per_task", 1), ("blends_per_input", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise DataError(f"BankConfig.{name} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or int(value) != value or int(value) < least:
+                raise DataError(f"BankConfig.{name} must be an integer >= {least}, got {value!r}")
             setattr(self, name, int(value))
         self.tasks = _names("tasks", self.tasks)
         bad = [t for t in self.tasks if not _TASK_RE.match(t)]
@@ -1081,11 +1089,22 @@ def _item_files(input_id: str, restorer: Restorer) -> tuple[str, str]:
     return name, f"ref_{name}"
 
 
-def _input_files(input_id: str, restorers: Sequence[Restorer], task: str) -> list[str]:
-    files = [f"{input_id}.png", f"inputs/{input_id}.png", f"records/{input_id}.json"]
+def _blend_files(input_id: str, index: int) -> tuple[str, str]:
+    name = f"{input_id}_{BLEND_METHOD}{index}.png"
+    return name, f"ref_{name}"
+
+
+def _blend_count(plan: InputPlan, cfg: BankConfig) -> int:
+    return cfg.blends_per_input if plan.split == "train" else 0
+
+
+def _input_files(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer]) -> list[str]:
+    files = [f"{plan.input_id}.png", f"inputs/{plan.input_id}.png", f"records/{plan.input_id}.json"]
     for r in restorers:
-        if task_kind(task) in r.kinds:
-            files += list(_item_files(input_id, r))
+        if task_kind(plan.task) in r.kinds:
+            files += list(_item_files(plan.input_id, r))
+    for index in range(_blend_count(plan, cfg)):
+        files += list(_blend_files(plan.input_id, index))
     return files
 
 
@@ -1115,8 +1134,19 @@ def _label(images: Sequence[np.ndarray], pristine: np.ndarray, labellers: Sequen
     return scores
 
 
-def _input_built(plan: InputPlan, restorers: Sequence[Restorer], out: Path) -> bool:
-    return all((out / f).is_file() for f in _input_files(plan.input_id, restorers, plan.task))
+def _input_built(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer], out: Path) -> bool:
+    return all((out / f).is_file() for f in _input_files(plan, cfg, restorers))
+
+
+def _blend(plan: InputPlan, cfg: BankConfig, items: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray],
+           index: int) -> tuple[np.ndarray, list[str], float]:
+    """Blend ``index`` of a training input: two of its restorations mixed pixel-wise (seeded by name)."""
+    rng = np.random.default_rng(_key(cfg.seed, "blend", plan.input_id, index))
+    first, second = (int(i) for i in rng.choice(len(images), size=2, replace=False))
+    weight = float(rng.uniform(0.25, 0.75))
+    mixed = weight * images[first].astype(np.float32) + (1.0 - weight) * images[second].astype(np.float32)
+    image = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return image, [items[first]["restorer"], items[second]["restorer"]], round(weight, 6)
 
 
 def _build_input(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer], out: Path,
@@ -1171,6 +1201,14 @@ def _build_input(plan: InputPlan, cfg: BankConfig, restorers: Sequence[Restorer]
         put(ref_name, ref_png)
         images.append(restored)
         items.append({"name": name, "restorer": restorer.name, "strength": round(request.strength, 6)})
+    real = len(images)
+    for index in range(_blend_count(plan, cfg)):
+        image, sources, weight = _blend(plan, cfg, items[:real], images[:real], index)
+        name, ref_name = _blend_files(plan.input_id, index)
+        put(name, _png_bytes(image))
+        put(ref_name, ref_png)
+        images.append(image)
+        items.append({"name": name, "restorer": BLEND_METHOD, "strength": weight, "sources": sources})
     scores = _label(images + [reference], pristine, cfg.labellers)
     for item, s in zip(items, scores):
         item["scores"] = s
@@ -1445,12 +1483,21 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
         except (ValueError, ImportError) as exc:
             raise DataError(f"labeller {name!r}: {exc}") from None
     restorers = resolve_restorers(cfg.restorers, cfg.tasks)
+    if cfg.blends_per_input:
+        if any(r.name == BLEND_METHOD for r in restorers):
+            raise DataError(f"a restorer named {BLEND_METHOD!r} clashes with the method name of blends_per_input")
+        for task in cfg.tasks:
+            if sum(task_kind(task) in r.kinds for r in restorers) < 2:
+                raise DataError(f"blends_per_input={cfg.blends_per_input} needs at least two restorers for "
+                                f"task {task!r}")
     photos, skipped = select_photos(cfg)
     if skipped:
         warnings.warn(f"photos smaller than the crop are skipped: {skipped}", stacklevel=2)
     plans = plan_inputs(cfg, photos)
     # The photos enter by content, not by folder: a moved photo folder resumes, a changed photo does not.
     config = {k: v for k, v in cfg.content().items() if k != "photos"}
+    if not cfg.blends_per_input:  # added later: banks without blends keep the hash they were started with
+        del config["blends_per_input"]
     content = {"config": config, "photo_sha256": {p.name: sha256_file(p.path) for p in photos},
                "restorers": [r.name for r in restorers], "format_version": FORMAT_VERSION}
     config_hash = f"{zlib.crc32(json.dumps(content, sort_keys=True).encode()):08x}"
@@ -1470,7 +1517,7 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
     # Share out only what is missing, so a resumed build splits its remaining work evenly (round
     # robin over every input gave one process all of a half-built bank's work). Every process
     # scans before the barrier, when nobody has started building, so all see the same list.
-    todo = [plan for plan in plans if not _input_built(plan, restorers, out)]
+    todo = [plan for plan in plans if not _input_built(plan, cfg, restorers, out)]
     state.wait_for_everyone()
     if not stamp.is_file():
         raise DataError(f"{stamp} was not written by the main process")
