@@ -24,6 +24,7 @@ from test_train_distributed import _accelerate, _free_port
 from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, other_input_references, psnr_vs_input
 from drqa_plugin.scorer import DRIQA
 from drqa_plugin.data import DataError, PIPALPairs
+from drqa_plugin.data.photos import read_rgb
 from drqa_plugin.data import bank as bank_mod
 from drqa_plugin.data.bank import (
     BankConfig,
@@ -292,12 +293,8 @@ def test_cli_clean_sr_inputs(photo_dir: Path, tmp_path: Path) -> None:
         drqa_main(["data", "build", "--out", str(tmp_path / "x"), "--sr-blur-prob", "half"])
 
 
-def _rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def _batch(path: Path) -> torch.Tensor:
-    return torch.from_numpy(_rgb(path).copy()).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def test_cli_blends_of_restorations(photo_dir: Path, tmp_path: Path) -> None:
@@ -326,9 +323,9 @@ def test_cli_blends_of_restorations(photo_dir: Path, tmp_path: Path) -> None:
         assert first != second and 0.25 <= item.strength <= 0.75
         kinds = {"sr_x2": {"nearest", "bicubic", "tiny_plus"}, "denoise": {"median", "none"}}[item.task]
         assert {first, second} <= kinds  # two real restorations of the same input, never another blend
-        a, b = (_rgb(out / f"{item.input_id}_{bank_mod._slug(m)}.png").astype(np.float64) for m in (first, second))
+        a, b = (read_rgb(out / f"{item.input_id}_{bank_mod._slug(m)}.png").astype(np.float64) for m in (first, second))
         expected = np.clip(np.rint(item.strength * a + (1 - item.strength) * b), 0, 255)
-        assert np.abs(_rgb(out / item.name) - expected).max() <= 1  # the weight is stored rounded
+        assert np.abs(read_rgb(out / item.name) - expected).max() <= 1  # the weight is stored rounded
         assert (out / item.reference).read_bytes() == (out / f"ref_{item.input_id}_{bank_mod._slug(first)}.png").read_bytes()
         label = ssim(_batch(out / item.name), _batch(out / item.pristine)).item()
         assert item.scores["ssim"] == pytest.approx(label, abs=1e-6)
@@ -358,8 +355,12 @@ def test_blends_keep_older_banks_and_check_their_options(photo_dir: Path, tmp_pa
     with pytest.raises(DataError, match="needs at least two restorers for task 'denoise'"):
         build_bank(config(photo_dir, restorers=("nearest", "bicubic", "none"), blends_per_input=1), tmp_path / "one")
     register_restorer("blend", lambda x, req: x, kind="denoise")
-    with pytest.raises(DataError, match="clashes with the method name"):
+    with pytest.raises(DataError, match=r"\['blend'\] clash with the method name"):
         build_bank(config(photo_dir, restorers=("nearest", "none", "blend"), blends_per_input=1), tmp_path / "clash")
+    register_restorer("blend0", lambda x, req: x, kind="denoise")  # its files would be blend 0's files
+    with pytest.raises(DataError, match=r"\['blend0'\] clash with the method name or file names"):
+        build_bank(config(photo_dir, restorers=("nearest", "none", "median", "blend0"), blends_per_input=1),
+                   tmp_path / "clash0")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine: benchmarks/quality_gpu.sh)")

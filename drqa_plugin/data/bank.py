@@ -1084,14 +1084,18 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def _item_files(input_id: str, restorer: Restorer) -> tuple[str, str]:
-    name = f"{input_id}_{_slug(restorer.name)}.png"
+def _files(input_id: str, part: str) -> tuple[str, str]:
+    """(restored, degraded reference) file names of one restoration of an input."""
+    name = f"{input_id}_{part}.png"
     return name, f"ref_{name}"
+
+
+def _item_files(input_id: str, restorer: Restorer) -> tuple[str, str]:
+    return _files(input_id, _slug(restorer.name))
 
 
 def _blend_files(input_id: str, index: int) -> tuple[str, str]:
-    name = f"{input_id}_{BLEND_METHOD}{index}.png"
-    return name, f"ref_{name}"
+    return _files(input_id, f"{BLEND_METHOD}{index}")
 
 
 def _blend_count(plan: InputPlan, cfg: BankConfig) -> int:
@@ -1484,8 +1488,12 @@ def build_bank(cfg: BankConfig, out_dir: str | os.PathLike, *, state: Any = None
             raise DataError(f"labeller {name!r}: {exc}") from None
     restorers = resolve_restorers(cfg.restorers, cfg.tasks)
     if cfg.blends_per_input:
-        if any(r.name == BLEND_METHOD for r in restorers):
-            raise DataError(f"a restorer named {BLEND_METHOD!r} clashes with the method name of blends_per_input")
+        # A restorer called "blend" would share the blends' method; one whose file-name part is
+        # "blend<N>" would share a blend's files, and a resumed build would take either for the other.
+        clash = [r.name for r in restorers if re.fullmatch(f"{BLEND_METHOD}[0-9]*", _slug(r.name))]
+        if clash:
+            raise DataError(f"restorer(s) {clash} clash with the method name or file names of blends_per_input "
+                            f"({BLEND_METHOD!r}, {BLEND_METHOD}0, {BLEND_METHOD}1, ...)")
         for task in cfg.tasks:
             if sum(task_kind(task) in r.kinds for r in restorers) < 2:
                 raise DataError(f"blends_per_input={cfg.blends_per_input} needs at least two restorers for "
