@@ -11,6 +11,11 @@ rows as a model's scores:
 * ``PSNR vs input``: PSNR of the restored image against its degraded input
   brought to the restored size (bicubic). No training, no pristine: how far the
   output strays from its input.
+* ``sharpness (no reference)`` (:func:`gradient_energy`): the Tenengrad focus measure
+  (mean squared Sobel gradient) of the restored image's luma, blind to both references. What "sharper is better" is
+  worth: full-reference labellers of the LPIPS family reward detail, so on restorers
+  that do not add noise this row can be hard to beat (it is not a DR-IQA measure: it
+  prefers an unfiltered noisy input to any denoiser).
 * ``model, another input's reference`` (:func:`other_input_references`): the model
   scores each restoration against the degraded input of *another* group. A DR-IQA
   model that orders the restorations of one input as well this way as with the right
@@ -49,6 +54,7 @@ PSNR_CAP = 100.0  # dB for identical images, so every prediction is finite
 
 METHOD_PRIOR = "method prior (LOSO)"
 PSNR_VS_INPUT = "PSNR vs input"
+SHARPNESS = "sharpness (no reference)"
 
 ImageLike = Any  # a path, or a uint8 HWC / float [0, 1] HWC array
 
@@ -148,6 +154,27 @@ def psnr_vs_input(restored: Sequence[ImageLike], degraded: Sequence[ImageLike]) 
     return out
 
 
+def gradient_energy(images: torch.Tensor) -> torch.Tensor:
+    """Tenengrad focus measure: the mean squared Sobel gradient magnitude of the luma (BT.601) of an
+    (N,3,H,W) batch in [0, 1] (edges replicated): the ``sharpness (no reference)`` baseline, shape (N,)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"expected an (N,3,H,W) batch, got shape {tuple(images.shape)}")
+    x = images.float()  # float32: MPS has no float64
+    luma = F.pad((0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None], (1, 1, 1, 1), mode="replicate")
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)
+    kernels = torch.stack([sobel_x, sobel_x.T])[:, None]
+    return F.conv2d(luma, kernels).pow(2).sum(dim=1).flatten(1).mean(dim=1)
+
+
+def sharpness(restored: Sequence[ImageLike]) -> np.ndarray:
+    """:func:`gradient_energy` of each restored image (paths or arrays, uint8 or float in [0, 1], HWC RGB)."""
+    out = np.empty(len(restored))
+    for i, image in enumerate(restored):  # one at a time: sizes may differ
+        t = torch.from_numpy(np.ascontiguousarray(_as_float(image).transpose(2, 0, 1)))[None]
+        out[i] = float(gradient_energy(t)[0])
+    return out
+
+
 def labeller_scores(restored: Sequence[ImageLike], pristine: Sequence[ImageLike], labeller: str | Any,
                     batch_size: int = 4) -> np.ndarray:
     """A full-reference labeller (name or callable) of each restored image against its pristine."""
@@ -195,7 +222,8 @@ def other_input_references(groups: Sequence[Hashable]) -> list[int]:
 
 def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | None = None,
                       scenes: Sequence[Hashable] | None = None, pristine: Sequence[ImageLike] | None = None,
-                      labeller: str | Iterable[str] | None = None, psnr_input: bool = True) -> dict[str, np.ndarray]:
+                      labeller: str | Iterable[str] | None = None, psnr_input: bool = True,
+                      sharpness_row: bool = True) -> dict[str, np.ndarray]:
     """Baseline predictions for labelled pairs (e.g. ``drqa_plugin.evaluation.EvalPair``).
 
     ``pairs`` have ``restored``, ``degraded`` (paths or arrays), ``mos`` and ``group``;
@@ -221,6 +249,8 @@ def compute_baselines(pairs: Sequence[Any], *, methods: Sequence[Hashable] | Non
         out[METHOD_PRIOR] = method_prior(methods, targets, scenes)
     if psnr_input:
         out[PSNR_VS_INPUT] = psnr_vs_input([p.restored for p in pairs], [p.degraded for p in pairs])
+    if sharpness_row:
+        out[SHARPNESS] = sharpness([p.restored for p in pairs])
     if labeller is not None:
         if pristine is None:
             raise DataError("the labeller baseline needs the pristine images")
@@ -307,7 +337,8 @@ def method_rank_table(targets: Values, groups: Sequence[Hashable], methods: Sequ
 
 
 def bank_baselines(bank: Any, split: str | None = "val", labeller: str | Iterable[str] | None = None,
-                   psnr_input: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+                   psnr_input: bool = True, sharpness_row: bool = True,
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """(baseline predictions, targets, groups) of a restoration bank's split.
 
     ``bank`` is a folder built by :func:`drqa_plugin.data.bank.build_bank` or its
@@ -327,6 +358,8 @@ def bank_baselines(bank: Any, split: str | None = "val", labeller: str | Iterabl
                                                              [i.photo for i in items])}
     if psnr_input:
         out[PSNR_VS_INPUT] = psnr_vs_input([root / i.name for i in items], [root / i.reference for i in items])
+    if sharpness_row:
+        out[SHARPNESS] = sharpness([root / i.name for i in items])
     if labeller is not None:
         for name in ([labeller] if isinstance(labeller, str) else list(labeller)):
             out[f"labeller {name}"] = labeller_scores([root / i.name for i in items],
@@ -338,10 +371,12 @@ __all__ = [
     "METHOD_PRIOR",
     "PSNR_CAP",
     "PSNR_VS_INPUT",
+    "SHARPNESS",
     "bank_baselines",
     "compute_baselines",
     "format_method_ranks",
     "format_table",
+    "gradient_energy",
     "labeller_scores",
     "method_prior",
     "method_rank_table",
@@ -349,4 +384,5 @@ __all__ = [
     "psnr",
     "psnr_vs_input",
     "score_rows",
+    "sharpness",
 ]

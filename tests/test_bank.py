@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from PIL import Image
 from test_train_distributed import _accelerate, _free_port
 
-from drqa_plugin.baselines import METHOD_PRIOR, PSNR_VS_INPUT, other_input_references, psnr_vs_input
+from drqa_plugin.baselines import (
+    METHOD_PRIOR,
+    PSNR_VS_INPUT,
+    SHARPNESS,
+    other_input_references,
+    psnr_vs_input,
+    sharpness,
+)
 from drqa_plugin.scorer import DRIQA
 from drqa_plugin.data import DataError, PIPALPairs
 from drqa_plugin.data.photos import read_rgb
@@ -143,9 +150,9 @@ def test_trainer_validation_shows_the_baselines_and_trains_the_pair_term(built, 
     assert "the model next to the baselines on the same val crops" in text
     assert "d1+d2+d4+d5" in text and "dr,fr,gap,dr2" in text
     rows = summary["final_eval_baselines"]
-    assert set(rows) == {METHOD_PRIOR, PSNR_VS_INPUT}
+    assert set(rows) == {METHOD_PRIOR, PSNR_VS_INPUT, SHARPNESS}
     val = [i for i in manifest.items if i.split == "val"]
-    assert rows[METHOD_PRIOR]["n"] == rows[PSNR_VS_INPUT]["n"] == len(val)
+    assert rows[METHOD_PRIOR]["n"] == rows[PSNR_VS_INPUT]["n"] == rows[SHARPNESS]["n"] == len(val)
     # The val photo is the only photo of the val split: the prior leaves it out and has nothing
     # left of its own methods, so it falls back to a constant, which ranks nothing.
     assert rows[METHOD_PRIOR]["srcc"] == 0.0 and rows[METHOD_PRIOR]["grouped_srcc"] == 0.0
@@ -153,6 +160,8 @@ def test_trainer_validation_shows_the_baselines_and_trains_the_pair_term(built, 
     want = psnr_vs_input([out / i.name for i in val], [out / i.reference for i in val])
     got = correlate(want, [i.label for i in val], [i.input_id for i in val])
     assert rows[PSNR_VS_INPUT]["grouped_srcc"] == pytest.approx(got.grouped_srcc, abs=1e-9)
+    energy = correlate(sharpness([out / i.name for i in val]), [i.label for i in val], [i.input_id for i in val])
+    assert rows[SHARPNESS]["grouped_srcc"] == pytest.approx(energy.grouped_srcc, abs=1e-9)
     provenance = read_metadata(tmp_path / "run" / "model.safetensors")["provenance"]
     assert "restoration bank (ssim; combined by mean)" in provenance
     stage2 = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "train" and r["stage"] == "2"]
@@ -682,13 +691,13 @@ def test_drqa_data_build_then_eval_with_baselines(tmp_path, weights_file, capsys
     out = capsys.readouterr().out
     table, per_method = out.split("mean rank of each method inside its group")
     rows = {line.split("  ")[0].strip(): line for line in table.splitlines()}
-    assert {"model", "method prior (LOSO)", "PSNR vs input", "labeller ssim"} <= set(rows)
+    assert {"model", "method prior (LOSO)", "PSNR vs input", "sharpness (no reference)", "labeller ssim"} <= set(rows)
     # The bank was labelled by ssim, so the labeller row is the ceiling, 1.0 by construction.
     assert rows["labeller ssim"].split()[2:4] == ["1.0000", "1.0000"]
     # Per method: the label's column and the labeller's are the same ranks; methods are keyed by task.
     lines = per_method.strip().splitlines()[1:]
     assert lines[0].split() == ["method", "label", "model", "method", "prior", "(LOSO)", "PSNR", "vs", "input",
-                                "labeller", "ssim"]
+                                "sharpness", "(no", "reference)", "labeller", "ssim"]
     ranks = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert set(ranks) == {"sr_x2/bicubic", "sr_x2/nearest", "denoise/gaussian", "denoise/median"}
     assert all(cells[0] == cells[-1] for cells in ranks.values())

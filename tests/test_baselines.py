@@ -1,4 +1,4 @@
-"""Baselines: leave-one-scene-out method prior, PSNR against the input, labeller ceiling, table."""
+"""Baselines: leave-one-scene-out method prior, PSNR against the input, sharpness, labeller ceiling, table."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from drqa_plugin.baselines import (
     METHOD_PRIOR,
     PSNR_CAP,
     PSNR_VS_INPUT,
+    SHARPNESS,
     bank_baselines,
     compute_baselines,
     format_table,
+    gradient_energy,
     labeller_scores,
     method_prior,
     psnr,
     psnr_vs_input,
     score_rows,
+    sharpness,
 )
 from drqa_plugin.data import DataError
 
@@ -81,6 +84,30 @@ def test_psnr_errors(tmp_path: Path) -> None:
         psnr_vs_input([tmp_path / "missing.png"], [np.zeros((2, 2, 3))])
 
 
+def test_sharpness_is_tenengrad_of_the_luma() -> None:
+    import cv2
+    import torch
+    from skimage import data
+
+    photo = data.astronaut()[:96, :128]
+    blurred = cv2.GaussianBlur(photo, (0, 0), 2.0)
+    got = sharpness([photo, blurred, np.full((5, 7, 3), 0.4), (np.zeros((1, 1, 3)))])
+    assert got[0] > 2 * got[1] > 0 and got[2:] == pytest.approx([0.0, 0.0], abs=1e-12)  # constants: no gradient
+    # OpenCV's Sobel with replicated edges, on the same BT.601 luma, is the reference.
+    luma = (photo.astype(np.float32) / 255) @ np.array([0.299, 0.587, 0.114], np.float32)
+    gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE)
+    assert got[0] == pytest.approx(float((gx ** 2 + gy ** 2).mean()), rel=1e-5)
+    # A horizontal ramp of slope a: 8a inside, 4a in the two edge columns, nothing vertical.
+    a, width = 0.01, 10
+    ramp = np.broadcast_to((np.arange(width) * a)[None, :, None], (4, width, 3))
+    assert sharpness([ramp])[0] == pytest.approx(((width - 2) * (8 * a) ** 2 + 2 * (4 * a) ** 2) / width)
+    batch = torch.from_numpy(np.stack([photo, blurred]).transpose(0, 3, 1, 2).copy()).float() / 255
+    assert gradient_energy(batch).numpy() == pytest.approx(got[:2], rel=1e-5)
+    with pytest.raises(DataError, match=r"\(N,3,H,W\)"):
+        gradient_energy(batch[:, :1])
+
+
 def test_labeller_scores_ceiling() -> None:
     rng = np.random.default_rng(0)
     pristine = rng.uniform(0, 1, (24, 24, 3))
@@ -126,18 +153,20 @@ def test_compute_baselines_and_table() -> None:
             pairs.append(Pair(restored, low, 1000 - 1000 * noise, f"g{g}", method))
             clean.append(p)
     out = compute_baselines(pairs, pristine=clean, labeller="ssim")
-    assert list(out) == [METHOD_PRIOR, PSNR_VS_INPUT, "labeller ssim"]
+    assert list(out) == [METHOD_PRIOR, PSNR_VS_INPUT, SHARPNESS, "labeller ssim"]
     # Same method, same MOS in every scene: the LOSO prior is exact.
     assert out[METHOD_PRIOR] == pytest.approx([p.mos for p in pairs])
     rows = score_rows([p.mos for p in pairs], [p.group for p in pairs], {"model": np.zeros(len(pairs)), **out})
     names = [name for name, _ in rows]
-    assert names == ["model", METHOD_PRIOR, PSNR_VS_INPUT, "labeller ssim"]
+    assert names == ["model", METHOD_PRIOR, PSNR_VS_INPUT, SHARPNESS, "labeller ssim"]
+    # Added noise is the only difference between the methods here: sharpness prefers the noisier.
+    assert dict(rows)[SHARPNESS].grouped_srcc < -0.5
     prior = dict(rows)[METHOD_PRIOR]
     assert prior.srcc == pytest.approx(1.0) and prior.grouped_srcc == pytest.approx(1.0) and prior.n_groups == 3
     assert dict(rows)["model"].srcc == 0.0  # constant predictions cannot rank
     table = format_table(rows, title="t")
     assert table.splitlines()[0] == "t"
-    assert METHOD_PRIOR in table and " 1.0000 " in table and table.count("\n") == 6
+    assert METHOD_PRIOR in table and " 1.0000 " in table and table.count("\n") == 7
 
     with pytest.raises(DataError, match="pairs have no method"):
         compute_baselines([Pair(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), 1.0, "g", "a"),
@@ -145,7 +174,8 @@ def test_compute_baselines_and_table() -> None:
     with pytest.raises(DataError, match="needs the pristine"):
         compute_baselines(pairs, labeller="ssim")
     without = compute_baselines([Pair(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), 1.0, "g")])
-    assert list(without) == [PSNR_VS_INPUT]
+    assert list(without) == [PSNR_VS_INPUT, SHARPNESS]
+    assert list(compute_baselines(pairs, psnr_input=False, sharpness_row=False)) == [METHOD_PRIOR]
 
 
 def test_bank_baselines(tmp_path: Path) -> None:
@@ -167,6 +197,7 @@ def test_bank_baselines(tmp_path: Path) -> None:
     first = manifest.items[0]
     others = [i.label for i in manifest.items if i.method == first.method and i.photo != first.photo]
     assert preds[METHOD_PRIOR][0] == pytest.approx(np.mean(others))
+    assert preds[SHARPNESS] == pytest.approx(sharpness([tmp_path / "bank" / i.name for i in manifest.items]))
     with pytest.raises(DataError, match="no items in split 'train'"):
         bank_baselines(manifest, split="train")
 

@@ -49,6 +49,8 @@ def test_overrides_are_typed_and_dotted(tmp_path: Path) -> None:
         ("max_steps", "key=value"),
         ("max_steps.x=1", "is a value"),
         ("loss.ranking_stage2=-0.5", "loss.ranking_stage2 must be >= 0"),
+        ("loader.start_method=thread", "loader.start_method must be forkserver|spawn|fork"),
+        ("loader.num_workers=-1", "loader.num_workers must be >= 0"),
     ],
 )
 def test_bad_config_values_name_the_key(override: str, message: str) -> None:
@@ -366,6 +368,28 @@ def test_deepspeed_refuses_fp16_and_native_half_precision(tmp_path, monkeypatch,
     assert code == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_loader_workers_start_from_a_forkserver_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of the trainer's loaders never fork the trainer itself (its gloo threads can hold an
+    interpreter lock at that instant: the hang this guards against, seen with 2 gloo ranks), unless asked."""
+    import multiprocessing
+
+    from drqa_plugin.train.loaders import build_loaders, worker_context
+
+    cfg = load_config(RECIPES / "configs" / "test_tiny.yaml", ["loader.num_workers=2", "data.val_samples=4"])
+    assert cfg.loader.start_method == "forkserver"
+    _, _, train, val, other = build_loaders(cfg)
+    assert other is not None
+    for loader in (train, val, other):
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"  # type: ignore[union-attr]
+    batch = next(iter(train))  # a real forkserver worker made it
+    assert batch["restored"].shape == (cfg.loader.batch_size, 3, cfg.data.crop, cfg.data.crop)
+    assert worker_context("spawn").get_start_method() == "spawn"  # type: ignore[union-attr]
+    assert build_loaders(load_config(RECIPES / "configs" / "test_tiny.yaml"))[2].multiprocessing_context is None
+    # Where a method does not exist (forkserver on Windows) the platform's default is used.
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert worker_context("forkserver") is None
 
 
 def test_reference_check_dataset_swaps_only_the_degraded_crop_and_refuses_mixed_sizes() -> None:

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _baseline_rows(pairs: list, args: argparse.Namespace, scorer: Any) -> dict[str, np.ndarray]:
-    """The rows after the model's: the method prior, PSNR vs input, (with --labeller) the labeller and
+    """The rows after the model's: the method prior, PSNR vs input, sharpness, (with --labeller) the labeller and
     (with --reference-check) the model against another input's reference."""
     from drqa_plugin.baselines import compute_baselines
 

@@ -43,6 +43,11 @@ class LoaderConfig:
     batch_size: int = 8  # per process; global batch = batch_size * processes * grad_accum
     eval_batch_size: int = 8
     num_workers: int = 0
+    # How workers start. "forkserver": forked from a clean single-threaded server, never from the
+    # trainer, where a gloo thread may hold CPython's thread-list lock at the instant of a fork and
+    # the worker then waits for it forever (Python 3.11; seen in 1 of 23 two-rank launches with
+    # "fork"). Where forkserver does not exist (Windows) the platform's default is used.
+    start_method: str = "forkserver"  # forkserver | spawn | fork
     drop_last: bool = True  # as the official code: no ragged last batch in training
 
 
@@ -145,6 +150,9 @@ class TrainConfig:
         validate(self)
 
 
+WORKER_START_METHODS = ("forkserver", "spawn", "fork")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Semantic checks that types alone cannot express."""
     checks = [
@@ -153,6 +161,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}"),
         (cfg.loader.batch_size >= 1, f"loader.batch_size must be >= 1, got {cfg.loader.batch_size}"),
         (cfg.loader.eval_batch_size >= 1, "loader.eval_batch_size must be >= 1"),
+        (cfg.loader.num_workers >= 0, f"loader.num_workers must be >= 0, got {cfg.loader.num_workers}"),
+        (cfg.loader.start_method in WORKER_START_METHODS,
+         f"loader.start_method must be {'|'.join(WORKER_START_METHODS)}, got {cfg.loader.start_method!r}"),
         (cfg.runtime.grad_accum >= 1, f"runtime.grad_accum must be >= 1, got {cfg.runtime.grad_accum}"),
         (cfg.optim.schedule in ("constant", "cosine"), f"optim.schedule must be constant|cosine, got {cfg.optim.schedule!r}"),
         (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),

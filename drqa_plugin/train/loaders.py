@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import torch
@@ -71,6 +73,21 @@ def sample_groups(dataset: Dataset) -> list[int]:
     return [int(dataset[i]["group"]) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
+# Imported once by the forkserver, so each worker it forks starts with them loaded.
+_FORKSERVER_PRELOAD = ["torch", "drqa_plugin.data"]
+
+
+def worker_context(start_method: str) -> BaseContext | None:
+    """The multiprocessing context DataLoader workers start with (``loader.start_method``); None (the
+    platform's default) where that method does not exist, e.g. forkserver on Windows."""
+    if start_method not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload(_FORKSERVER_PRELOAD)  # read when the server starts, once per process
+    return context
+
+
 def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataLoader, DataLoader | None]:
     """Train and val sets and loaders, and the reference-check loader (None when off or one val group)."""
     train_set = build_dataset(cfg.data, split="train")
@@ -81,6 +98,8 @@ def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataL
         raise TrainingError(f"the validation data is empty (data.kind={cfg.data.kind!r}, data.root={cfg.data.root!r})")
     lc = cfg.loader
     common: dict[str, Any] = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    if lc.num_workers > 0:
+        common["multiprocessing_context"] = worker_context(lc.start_method)
     train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
     val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
     other = None

@@ -1,5 +1,5 @@
 """Validation during training: the student (dr) scores of the val split, gathered without duplicates,
-and the baselines a model must beat on the very same crops (method prior, PSNR vs input)."""
+and the baselines a model must beat on the very same crops (method prior, PSNR vs input, sharpness)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from drqa_plugin.baselines import METHOD_PRIOR, PSNR_CAP, PSNR_VS_INPUT, method_prior, score_rows
+from drqa_plugin.baselines import (
+    METHOD_PRIOR,
+    PSNR_CAP,
+    PSNR_VS_INPUT,
+    SHARPNESS,
+    gradient_energy,
+    method_prior,
+    score_rows,
+)
 from drqa_plugin.metrics import Correlations, correlate
 from drqa_plugin.train.distributed import rng_neutral, sync_buffers
 from drqa_plugin.train.loaders import Normalizer
@@ -29,14 +37,16 @@ class ValPredictions:
     groups: list[int]
     names: list[str]
     psnr_input: list[float]  # PSNR of each restored crop against its degraded reference crop
+    sharpness: list[float]  # gradient energy of each restored crop (no reference)
     methods: list[str] | None = None  # restoration method per sample, where the data names it
     photos: list[str] | None = None  # what the method prior leaves out (the photo, else the scene)
     # The same samples scored against another input's degraded crop (log.reference_check), or None.
     other_reference: Correlations | None = None
 
     def baselines(self) -> dict[str, Correlations]:
-        """The baseline rows on the same samples: method prior (where methods are known), PSNR vs input."""
-        preds: dict[str, list[float]] = {PSNR_VS_INPUT: self.psnr_input}
+        """The baseline rows on the same samples: method prior (where methods are known), PSNR vs input,
+        sharpness."""
+        preds: dict[str, list[float]] = {PSNR_VS_INPUT: self.psnr_input, SHARPNESS: self.sharpness}
         if self.methods is not None and self.photos is not None and self.targets:
             preds = {METHOD_PRIOR: method_prior(self.methods, self.targets, self.photos).tolist(), **preds}
         return dict(score_rows(self.targets, self.groups, preds))
@@ -62,6 +72,7 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
     groups: list[int] = []
     names: list[str] = []
     psnrs: list[float] = []
+    sharpness: list[float] = []
     methods: list[str] | None = None
     photos: list[str] | None = None
     bar = tqdm(rng_neutral(loader, accelerator.device), total=len(loader), desc=desc, leave=False,
@@ -70,11 +81,13 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
         with accelerator.autocast():
             s = model(norm(batch["restored"]), norm(batch["degraded"]))
         p = psnr_batch(batch["restored"], batch["degraded"])
-        s, t, g, p = accelerator.gather_for_metrics((s.float(), batch["target"].float(), batch["group"], p))
+        e = gradient_energy(batch["restored"])
+        s, t, g, p, e = accelerator.gather_for_metrics((s.float(), batch["target"].float(), batch["group"], p, e))
         scores += s.cpu().tolist()
         targets += t.cpu().tolist()
         groups += g.cpu().tolist()
         psnrs += p.cpu().tolist()
+        sharpness += e.cpu().tolist()
         names += list(accelerator.gather_for_metrics(list(batch["name"]), use_gather_object=True))
         if "method" in batch:
             methods = (methods or []) + list(accelerator.gather_for_metrics(list(batch["method"]),
@@ -103,7 +116,7 @@ def predict_val(accelerator: Accelerator, model: nn.Module, loader: DataLoader, 
     kept_groups, kept_names = [groups[i] for i in kept], [names[i] for i in kept]
     other = None if other_scores is None else correlate([other_scores[i] for i in kept], kept_targets, kept_groups)
     return ValPredictions(correlate(kept_scores, kept_targets, kept_groups), kept_scores, kept_targets, kept_groups,
-                          kept_names, [psnrs[i] for i in kept],
+                          kept_names, [psnrs[i] for i in kept], [sharpness[i] for i in kept],
                           None if methods is None else [methods[i] for i in kept],
                           None if photos is None else [photos[i] for i in kept], other)
 
