@@ -2,8 +2,8 @@
 one input when it is trained on exactly that, the order inside each input of a restoration bank?
 
 Every step takes a few training inputs of the bank and *all* their restorations at one shared random
-crop, scores each (restored, degraded input) crop with a five-layer convolutional network (early
-fusion of restored, input and their difference; ~20k parameters at width 16), and minimises the
+crop, scores each (restored, degraded input) crop with a six-layer convolutional network (early
+fusion of restored, input and their difference; ~38k parameters at width 16), and minimises the
 RankNet cross-entropy over every pair of restorations of the same input (``--loss listwise``), or,
 for comparison, the squared error to the standardised labels (``--loss pointwise``: what CKDN's
 student term d1 does). ``--no-reference`` gives the network the restored crop alone. Whole images
@@ -71,7 +71,7 @@ def load_inputs(bank: Path, split: str, blends: bool = False) -> list[Input]:
 
 
 class RankProbe(nn.Module):
-    """Five 3x3 convolutions (two at full resolution) over [restored, input, restored - input],
+    """Six 3x3 convolutions (two at full resolution) over [restored, input, restored - input],
     mean and RMS pooled, a two-layer head: an unbounded score, higher = better."""
 
     def __init__(self, width: int = 16, reference: bool = True) -> None:
