@@ -9,10 +9,10 @@ for comparison, the squared error to the standardised labels (``--loss pointwise
 student term d1 does). ``--no-reference`` gives the network the restored crop alone. Whole images
 are scored at evaluation (the network is fully convolutional; mean and RMS pooling).
 
-It answers where the CKDN recipe's per-input gap comes from (docs/quality.md, "A ranking probe"):
-the same tiny network trained pointwise learns the method order and little else, trained listwise
-it beats the recipe on the held-out photos. Its printout puts each evaluation set next to its
-method prior and sharpness rows::
+It separates the objective from the network (docs/quality.md, "A ranking probe"): the same tiny
+network trained pointwise learns the method order and little else; trained listwise it matches the
+recipe on the held-out photos and passes it on the bank's own val photos. Its printout puts each
+evaluation set next to its method prior and sharpness rows::
 
     python benchmarks/quality_rank_probe.py --bank runs/bank_skimage --eval runs/bank_skimage:val \\
         --eval runs/heldout/bank:val [--loss pointwise] [--no-reference] [--steps 2000] [--seed 0]
@@ -195,6 +195,7 @@ def main() -> None:
             idx = [k for k, name in enumerate(kept_tasks) if name == task]
             print(format_table(score_rows(t[idx], [g[k] for k in idx], {k: v[idx] for k, v in rows.items()}),
                                title=f"{spec}: {task} inputs"))
+
 
 if __name__ == "__main__":
     main()

@@ -12,10 +12,10 @@ rows as a model's scores:
   brought to the restored size (bicubic). No training, no pristine: how far the
   output strays from its input.
 * ``sharpness (no reference)`` (:func:`gradient_energy`): the Tenengrad focus measure
-  (mean squared Sobel gradient) of the restored image's luma, blind to both references. What "sharper is better" is
-  worth: full-reference labellers of the LPIPS family reward detail, so on restorers
-  that do not add noise this row can be hard to beat (it is not a DR-IQA measure: it
-  prefers an unfiltered noisy input to any denoiser).
+  (mean squared Sobel gradient) of the restored image's luma, blind to both references.
+  What "sharper is better" is worth: full-reference labellers of the LPIPS family reward
+  detail, so on restorers that do not add noise this row can be hard to beat (it is not
+  a DR-IQA measure: it prefers an unfiltered noisy input to any denoiser).
 * ``model, another input's reference`` (:func:`other_input_references`): the model
   scores each restoration against the degraded input of *another* group. A DR-IQA
   model that orders the restorations of one input as well this way as with the right

@@ -91,7 +91,7 @@ def test_sharpness_is_tenengrad_of_the_luma() -> None:
 
     photo = data.astronaut()[:96, :128]
     blurred = cv2.GaussianBlur(photo, (0, 0), 2.0)
-    got = sharpness([photo, blurred, np.full((5, 7, 3), 0.4), (np.zeros((1, 1, 3)))])
+    got = sharpness([photo, blurred, np.full((5, 7, 3), 0.4), np.zeros((1, 1, 3))])
     assert got[0] > 2 * got[1] > 0 and got[2:] == pytest.approx([0.0, 0.0], abs=1e-12)  # constants: no gradient
     # OpenCV's Sobel with replicated edges, on the same BT.601 luma, is the reference.
     luma = (photo.astype(np.float32) / 255) @ np.array([0.299, 0.587, 0.114], np.float32)

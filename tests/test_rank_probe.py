@@ -23,9 +23,9 @@ def test_listwise_loss_is_ranknet_over_pairs_of_one_input() -> None:
     group = torch.tensor([0, 0, 0, 1, 1])
     # Pairs of one input with different labels, both orders: (0,1), (0,2) in group 0 (1 and 2 tie,
     # left out) and (3,4) in group 1. Scores 3 and 4 come from different inputs than 0-2: never compared.
-    ordered = [(2.0, 1), (1.0, 1), (10.0, 1)]  # (score gap, 1 = the first is better) for (0,1), (0,2), (3,4)
+    # In each pair the first has the higher label; its score leads by 2, 1 and 10.
     terms = []
-    for gap, _ in ordered:
+    for gap in (2.0, 1.0, 10.0):
         terms += [math.log1p(math.exp(-gap)), math.log1p(math.exp(-gap))]  # (i,j) target 1 and (j,i) target 0
     assert float(listwise_loss(scores, labels, group)) == pytest.approx(sum(terms) / len(terms), rel=1e-6)
     # Only the order of the labels counts, not their gaps.
