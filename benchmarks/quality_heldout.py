@@ -71,21 +71,32 @@ def copy_heldout_photos(opencv_doc: Path, folder: Path) -> Path:
     return folder
 
 
-def build_heldout(opencv_doc: Path, out: Path) -> Path:
-    """Build (or complete) the held-out bank under ``out/bank``; returns its folder."""
+def heldout_config(photos: Path, degraded: bool) -> BankConfig:
+    """The held-out bank's parameters. ``degraded``: the second set, whose SR inputs (x4 and x2) go
+    through the training banks' own chain of random blur, downscaling, noise and JPEG (BankConfig's
+    defaults) and whose noisy inputs are JPEG-compressed half the time, where the first set's are clean
+    bicubic downscales and plain Gaussian noise."""
     installed = set(available_restorers())
     restorers = tuple(r for r in SR + DENOISE if r in installed)
     missing = sorted(set(SR + DENOISE) - installed)
     if missing:
         print(f"note: restorers not installed, left out: {missing}")
-    cfg = BankConfig(photos=str(copy_heldout_photos(opencv_doc, out / "photos")), crop=256, crops_per_photo=2,
-                     tasks=("sr_x4", "denoise"), sr_blur_prob=0.0, sr_noise_prob=0.0, sr_jpeg_prob=0.0,
-                     sr_down_interpolations=("bicubic",), dn_noise_sigma_range=(15 / 255, 50 / 255),
-                     restorers=restorers, vary_strength=False, labellers=("stlpips_alex",), val_fraction=1.0, seed=11)
+    common = dict(photos=str(photos), crop=256, crops_per_photo=2, restorers=restorers, vary_strength=False,
+                  labellers=("stlpips_alex",), val_fraction=1.0, dn_noise_sigma_range=(15 / 255, 50 / 255))
+    if degraded:
+        return BankConfig(**common, tasks=("sr_x4", "sr_x2", "denoise"), dn_jpeg_prob=0.5, seed=12)
+    return BankConfig(**common, tasks=("sr_x4", "denoise"), sr_blur_prob=0.0, sr_noise_prob=0.0, sr_jpeg_prob=0.0,
+                      sr_down_interpolations=("bicubic",), seed=11)
+
+
+def build_heldout(opencv_doc: Path, out: Path, degraded: bool = False) -> Path:
+    """Build (or complete) the held-out bank under ``out/bank`` (``out/bank_degraded``); returns its folder."""
+    cfg = heldout_config(copy_heldout_photos(opencv_doc, out / "photos"), degraded)
+    folder = out / ("bank_degraded" if degraded else "bank")
     start = time.perf_counter()
-    manifest = build_bank(cfg, out / "bank")
+    manifest = build_bank(cfg, folder)
     print(f"bank: {len(manifest.items)} pairs in {time.perf_counter() - start:.0f} s")
-    return out / "bank"
+    return folder
 
 
 def relabel(items: list, root: Path, labellers: list[str]) -> np.ndarray:
@@ -113,6 +124,10 @@ def main() -> None:
     src.add_argument("--opencv-doc", type=Path, help="folder where opencv-doc's .deb was unpacked (builds the bank)")
     src.add_argument("--bank", type=Path, help="a held-out bank this script built before (evaluates only)")
     p.add_argument("--out", type=Path, default=Path("runs/heldout"))
+    p.add_argument("--degraded", action="store_true",
+                   help="with --opencv-doc: build the second held-out set (OUT/bank_degraded), whose x4 and x2 SR "
+                        "inputs carry the training banks' random blur, noise and JPEG, and half of whose noisy "
+                        "inputs are JPEG-compressed")
     p.add_argument("--weights", action="append", default=[], help="DR-IQA weights to evaluate (name or file)")
     p.add_argument("--relabel", action="append", default=[], metavar="LABELLER",
                    help="rank against these FR labellers (mean percentile rank) instead of the bank's label")
@@ -129,7 +144,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=0,
                    help="score as the mean over tiles of this size (e.g. the training crop); 0 = whole images")
     args = p.parse_args()
-    bank = args.bank if args.bank is not None else build_heldout(args.opencv_doc, args.out)
+    bank = args.bank if args.bank is not None else build_heldout(args.opencv_doc, args.out, args.degraded)
     manifest = load_manifest(bank)
     labellers = args.baseline_labeller or ["stlpips_alex", "stlpips_vgg", "ssim", "ms_ssim"]
     preds, targets, groups = bank_baselines(manifest, split="val", labeller=labellers)

@@ -171,7 +171,7 @@ def main() -> None:
         optimizer.step()
         schedule.step()
         if step % max(1, args.steps // 4) == 0:
-            print(f"step {step}: loss {float(loss):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"step {step}: loss {float(loss.detach()):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
     print(f"trained {args.steps} steps in {seconds:.0f} s ({args.loss}, reference {'off' if args.no_reference else 'on'}, "
           f"width {args.width}, crop {args.crop}, {args.inputs_per_step} inputs per step, seed {args.seed})")

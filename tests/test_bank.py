@@ -134,6 +134,36 @@ def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
     assert all(p.degraded.name == "ref_" + p.restored.name for p in pairs)
 
 
+def test_trainer_trains_the_listwise_term_on_groups_of_one_input(built, tmp_path: Path, capsys) -> None:
+    from drqa_plugin.errors import TrainingError
+    from drqa_plugin.train.config import load_config
+    from drqa_plugin.train.trainer import train
+
+    out, manifest = built
+    cfg = load_config(None, [f"data.root={out}", "data.kind=pipal", "data.list_file=train.txt",
+                             "data.val_list_file=val.txt", f"data.crop={CROP}", f"output_dir={tmp_path / 'run'}",
+                             "data.group_size=2", "loss.listwise=1.0", "loader.batch_size=4", "schedule.epochs=3",
+                             "schedule.stage2_start=1", "log.progress=false", "log.plots=false", "log.log_every=1",
+                             "model.channels_last=false"])
+    summary = train(cfg)
+    text = "".join(capsys.readouterr())
+    assert "d1+d2+d4+d7" in text
+    train_inputs = {i.input_id for i in manifest.items if i.split == "train"}
+    # A step takes 2 inputs of 2 restorations each: an epoch is the inputs, not the restorations.
+    assert summary["steps"] == 3 * (len(train_inputs) // 2)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "train"]
+    stage2 = [r for r in rows if r["stage"] == "2"]
+    assert stage2 and all(math.isfinite(float(r["d7"])) and float(r["d7"]) >= 0 for r in stage2)
+    assert all(r["d7"] == "" for r in rows if r["stage"] == "1")
+    # More inputs per batch than the split has: the error counts inputs, not restorations.
+    too_big = load_config(None, [f"data.root={out}", "data.kind=pipal", "data.list_file=train.txt",
+                                 "data.val_list_file=val.txt", f"data.crop={CROP}", f"output_dir={tmp_path / 'big'}",
+                                 "data.group_size=2", f"loader.batch_size={2 * (len(train_inputs) + 1)}",
+                                 "log.progress=false", "model.channels_last=false"])
+    with pytest.raises(TrainingError, match=f"{len(train_inputs)} inputs, {len(train_inputs) + 1} inputs of 2 "):
+        train(too_big)
+
+
 def test_trainer_validation_shows_the_baselines_and_trains_the_pair_term(built, tmp_path: Path, capsys) -> None:
     from drqa_plugin.train.config import load_config
     from drqa_plugin.train.trainer import train

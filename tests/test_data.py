@@ -480,3 +480,48 @@ def test_pipal_center_labels_keeps_the_order_within_an_input_and_removes_its_mea
         [mos_to_target(e.mos) for e in val.entries])
     with pytest.raises(ConfigError, match="data.center_labels"):
         DataConfig(center_labels=1)
+
+
+def test_pipal_groups_cut_restorations_of_one_input_at_one_box_and_collate_flat(tmp_path):
+    from drqa_plugin.data import collate_groups
+
+    list_file, arrays = make_pipal(tmp_path / "pipal", per_scene=3)
+    root = tmp_path / "pipal"
+    read = lambda name: np.asarray(Image.open(root / name).convert("RGB"))  # noqa: E731
+    plain = PIPALPairs(root, list_file, crop=24, seed=5)
+    for k, replace in ((2, False), (3, False), (5, True)):  # 3 restorations per input: 5 repeats some
+        ds = PIPALPairs(root, list_file, crop=24, seed=5, group_size=k)
+        assert len(ds) == 3 and ds.group_ids() == [0, 1, 2]
+        for index in range(len(ds)):
+            g = ds[index]
+            scene = g["name"][0].split("_")[0]
+            assert g["restored"].shape == g["degraded"].shape == g["pristine"].shape == (k, 3, 24, 24)
+            assert all(n.split("_")[0] == scene for n in g["name"]) and len(g["name"]) == k
+            assert (len(set(g["name"])) < k) == replace
+            assert g["group"].tolist() == [plain.scene_ids[scene]] * k
+            # One box for every image of the input; restored_2 / target_2 are the next of the group.
+            boxes = {_box(read(f"{scene}.bmp"), g["pristine"][0])}
+            for slot, name in enumerate(g["name"]):
+                boxes |= {_box(read(name), g["restored"][slot]), _box(read(f"ref_{name}"), g["degraded"][slot])}
+                assert float(g["target"][slot]) == pytest.approx(mos_to_target(
+                    next(e.mos for e in plain.entries if e.name == name)))
+            assert len(boxes) == 1 and None not in boxes
+            assert torch.equal(g["restored_2"], g["restored"].roll(-1, 0))
+            assert torch.equal(g["target_2"], g["target"].roll(-1, 0))
+    ds = PIPALPairs(root, list_file, crop=24, seed=5, group_size=2)
+    _same(ds[1], PIPALPairs(root, list_file, crop=24, seed=5, group_size=2)[1])  # deterministic
+    drawn = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        drawn.add(tuple(ds[0]["name"]))
+    assert len(drawn) >= 3  # another draw of restorations (and crop) each epoch
+    # A batch of groups is one flat batch of restorations; the trainer's keys keep their meaning.
+    batch = next(iter(DataLoader(ds, batch_size=2, shuffle=False, collate_fn=collate_groups)))
+    assert batch["restored"].shape == (4, 3, 24, 24) and batch["target"].shape == (4,)
+    assert batch["group"].tolist() == [0, 0, 1, 1] and batch["name"] == ds[0]["name"] + ds[1]["name"]
+    cfg = DataConfig(kind="pipal", root=str(root), list_file=str(list_file), crop=24, group_size=2, val_fraction=0.4)
+    assert build_dataset(cfg, "train").group_size == 2 and build_dataset(cfg, "val").group_size == 0
+    for bad, match in (({"group_size": 1}, "data.group_size must be 0"), ({"group_size": True}, "data.group_size"),
+                       ({"group_size": 2, "kind": "synthetic"}, "needs data.kind='pipal'")):
+        with pytest.raises(ConfigError, match=match):
+            DataConfig(**{"kind": "pipal", "root": "/x", "list_file": "l.txt", **bad})

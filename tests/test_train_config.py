@@ -423,3 +423,43 @@ def test_reference_check_dataset_swaps_only_the_degraded_crop_and_refuses_mixed_
     samples[2]["degraded"] = torch.zeros(3, 5, 5)
     with pytest.raises(TrainingError, match="val crops of one size"):
         OtherInputReferences(samples, groups)[0]
+
+
+def test_listwise_term_ranks_every_pair_of_restorations_of_one_input() -> None:
+    from drqa_plugin.train.losses import listwise_loss
+
+    scale = 5.0
+    t = torch.tensor([0.2, 0.5, 0.9, 0.4, 0.1])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    s = torch.tensor([0.3, 0.2, 0.8, 0.6, 0.7])
+    k = scale * math.log(10.0)
+    want = []
+    for i, j in ((0, 1), (0, 2), (1, 2), (3, 4)):  # pairs inside a group only
+        p = 1 / (1 + math.exp(-(float(s[i] - s[j])) * k))  # the scores' Elo probability that i beats j
+        q = 1 / (1 + math.exp(-(float(t[i] - t[j])) * k))  # the labels'
+        want.append(q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p)))  # KL(q || p)
+    assert float(listwise_loss(s, t, groups, scale)) == pytest.approx(sum(want) / len(want), rel=1e-5)
+    # Scores with the labels' gaps (any offset per input) cost nothing; one group of one has no pairs.
+    assert float(listwise_loss(t + groups * 0.3, t, groups, scale)) == pytest.approx(0.0, abs=1e-6)
+    single = listwise_loss(s[:1].requires_grad_(), t[:1], groups[:1], scale)
+    assert float(single.detach()) == 0.0 and single.requires_grad
+    # The gradient raises the better restoration of a wrongly ordered pair and lowers the other.
+    scores = torch.tensor([0.6, 0.4], requires_grad=True)
+    listwise_loss(scores, torch.tensor([0.2, 0.8]), torch.tensor([3, 3]), scale).backward()
+    assert scores.grad[0] > 0 > scores.grad[1]
+
+    n = 5
+    dr, fr, gap = torch.rand(n), torch.rand(n), torch.rand(n)
+    on = LossConfig(listwise=2.0, rank_scale=scale)
+    assert stage_terms(2, on) == ("d1", "d2", "d4", "d7") and stage_paths(2, on) == ("dr", "fr", "gap")
+    assert stage_terms(1, on) == ("d3",)
+    s2 = distillation_loss(TrainOutputs(dr, fr, None, gap), t, t.roll(-1), 2, on, group=groups)
+    assert torch.allclose(s2.terms["d7"], 2.0 * listwise_loss(dr, t, groups, scale))
+    with pytest.raises(ValueError, match="needs each sample's group"):
+        distillation_loss(TrainOutputs(dr, fr, None, gap), t, t, 2, on)
+    for overrides, match in ((["loss.listwise=-1"], "loss.listwise must be >= 0"),
+                             (["loss.listwise=1"], "set data.group_size >= 2"),
+                             (["data.kind=pipal", "data.root=/d", "data.list_file=l.txt", "data.group_size=3",
+                               "loader.batch_size=8"], "must be a multiple of data.group_size")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, overrides)

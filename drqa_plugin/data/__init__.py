@@ -40,7 +40,7 @@ from drqa_plugin.data.photos import (
     list_photos,
     read_rgb,
 )
-from drqa_plugin.data.pipal import PIPALPairs, read_pipal_list
+from drqa_plugin.data.pipal import PIPALPairs, collate_groups, read_pipal_list
 
 # The synthetic pipeline needs OpenCV; import it on first use so that PIPAL data,
 # ``drqa eval`` and the metrics work without it.
@@ -68,6 +68,7 @@ __all__ = [
     "SyntheticPairs",
     "available_labellers",
     "build_dataset",
+    "collate_groups",
     "degrade",
     "get_labeller",
     "list_photos",
@@ -130,7 +131,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
                           val_fraction=cfg.val_fraction,
                           layout=cfg.pipal, seed=cfg.seed, random_crop=(split == "train"),
                           augment=cfg.augment and split == "train",
-                          center_labels=cfg.center_labels and split == "train")
+                          center_labels=cfg.center_labels and split == "train",
+                          group_size=cfg.group_size if split == "train" else 0)
     from drqa_plugin.data.synthetic import SyntheticPairs
 
     get_labeller(cfg.labeller)  # fail now on an unknown or uninstallable labeller

@@ -141,6 +141,10 @@ class DataConfig:
     # split's mean. The per-input order, what a loss or a validation metric uses, is unchanged; how
     # hard an input is to restore (content, degradation strength) is no longer a target to fit.
     center_labels: bool = False
+    # pipal train split: 0 = one restoration per sample; K >= 2 = each sample is one input with K of its
+    # restorations at one shared crop (loader.batch_size counts restorations and must be a multiple of K):
+    # what loss.listwise needs to rank the restorations of an input against each other.
+    group_size: int = 0
     num_samples: int = 512  # synthetic: samples per epoch in the train split
     val_samples: int = 64  # synthetic: fixed samples in the val split
     val_fraction: float = 0.2  # fraction of photos / scenes held out
@@ -162,6 +166,12 @@ class DataConfig:
         for flag in ("augment", "center_labels"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"data.{flag} must be true or false, got {getattr(self, flag)!r}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 0 \
+                or self.group_size == 1:
+            raise ConfigError(f"data.group_size must be 0 (off) or an integer >= 2, got {self.group_size!r}")
+        if self.group_size and self.kind != "pipal":
+            raise ConfigError("data.group_size needs data.kind='pipal' (a list that names several restorations "
+                              "of each input)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"data.seed must be a non-negative integer, got {self.seed!r}")
         if int(self.num_samples) < 1 or int(self.val_samples) < 1:

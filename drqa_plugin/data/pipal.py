@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,6 +170,13 @@ class PIPALPairs(Dataset):
     (one of the 8 symmetries of the square, from the same seed); ``center_labels`` makes each
     target its label minus its scene's mean label plus the mean over all entries (the order within
     a scene is kept). Images smaller than ``crop`` raise.
+
+    ``group_size=K`` (training): each sample is one *input* (scene) instead of one restoration:
+    K of its restorations, drawn afresh each epoch (without replacement where it has K), all cut at
+    one crop box with one symmetry, stacked along a first dimension of K; ``restored_2`` of each is
+    the next one of the group. :func:`collate_groups` flattens a batch of groups, so the trainer sees
+    ordinary samples whose ``group`` says which ones are restorations of one input at the same crop:
+    what ``loss.listwise`` ranks.
     """
 
     def __init__(
@@ -185,6 +193,7 @@ class PIPALPairs(Dataset):
         random_crop: bool = True,
         augment: bool = False,
         center_labels: bool = False,
+        group_size: int = 0,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -194,6 +203,9 @@ class PIPALPairs(Dataset):
         self.seed = int(seed)
         self.random_crop = random_crop
         self.augment = augment
+        self.group_size = int(group_size)
+        if self.group_size == 1 or self.group_size < 0:
+            raise ValueError(f"group_size must be 0 (one restoration per sample) or >= 2, got {group_size!r}")
         self.epoch = 0
         entries = read_pipal_list(list_file, self.layout.drop_pattern)
         if split is not None:
@@ -210,6 +222,7 @@ class PIPALPairs(Dataset):
         self.by_scene: dict[str, list[int]] = {}
         for i, e in enumerate(entries):
             self.by_scene.setdefault(e.scene, []).append(i)
+        self.scene_order = list(self.by_scene)
         self.targets = [mos_to_target(e.mos) for e in entries]
         if center_labels and entries:
             overall = float(np.mean(self.targets))
@@ -222,10 +235,12 @@ class PIPALPairs(Dataset):
             self.methods = [(known[e.name][0], known[e.name][1] or e.scene) for e in entries]
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.by_scene) if self.group_size else len(self.entries)
 
     def group_ids(self) -> list[int]:
         """Each sample's ``group`` (its scene id), from the list: no image is read."""
+        if self.group_size:
+            return [self.scene_ids[s] for s in self.scene_order]
         return [self.scene_ids[e.scene] for e in self.entries]
 
     def set_epoch(self, epoch: int) -> None:
@@ -237,7 +252,25 @@ class PIPALPairs(Dataset):
             return int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
         return (h - c) // 2, (w - c) // 2
 
+    def _crops(self, arrays: Mapping[str, np.ndarray], where: str, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """All ``arrays`` cut at one crop box (and turned by one symmetry), as float CHW tensors."""
+        shapes = {k: a.shape[:2] for k, a in arrays.items()}
+        if len(set(shapes.values())) != 1:
+            raise DataError(f"{where}: images differ in size {shapes}")
+        h, w = next(iter(shapes.values()))
+        if min(h, w) < self.crop:
+            raise DataError(f"{where}: {w}x{h} is smaller than crop {self.crop}")
+        top, left = self._crop_box(h, w, rng)
+        c = self.crop
+        crops = {k: a[top:top + c, left:left + c] for k, a in arrays.items()}
+        if self.augment:
+            symmetry = int(rng.integers(8))
+            crops = {k: dihedral(a, symmetry) for k, a in crops.items()}
+        return {k: to_float_batch(np.ascontiguousarray(a))[0] for k, a in crops.items()}
+
     def __getitem__(self, index: int) -> dict:
+        if self.group_size:
+            return self._group(index)
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, 2, self.epoch, int(index)])
         others = [j for j in self.by_scene[entry.scene] if j != index]
@@ -250,19 +283,7 @@ class PIPALPairs(Dataset):
             "restored_2": read_rgb(self.paths[partner][0]),
             "pristine": read_rgb(pristine_path),
         }
-        shapes = {k: a.shape[:2] for k, a in arrays.items()}
-        if len(set(shapes.values())) != 1:
-            raise DataError(f"{entry.name} (list line {entry.line}): images differ in size {shapes}")
-        h, w = arrays["restored"].shape[:2]
-        if min(h, w) < self.crop:
-            raise DataError(f"{entry.name} (list line {entry.line}): {w}x{h} is smaller than crop {self.crop}")
-        top, left = self._crop_box(h, w, rng)
-        c = self.crop
-        crops = {k: a[top:top + c, left:left + c] for k, a in arrays.items()}
-        if self.augment:
-            symmetry = int(rng.integers(8))
-            crops = {k: dihedral(a, symmetry) for k, a in crops.items()}
-        sample = {k: to_float_batch(np.ascontiguousarray(a))[0] for k, a in crops.items()}
+        sample = self._crops(arrays, f"{entry.name} (list line {entry.line})", rng)
         return {
             **sample,
             "target": torch.tensor(self.targets[index], dtype=torch.float32),
@@ -271,3 +292,41 @@ class PIPALPairs(Dataset):
             "name": entry.name,
             **({"method": self.methods[index][0], "photo": self.methods[index][1]} if self.methods else {}),
         }
+
+    def _group(self, index: int) -> dict:
+        scene = self.scene_order[index]
+        members = self.by_scene[scene]
+        rng = np.random.default_rng([self.seed, 3, self.epoch, int(index)])
+        k = self.group_size
+        chosen = [members[int(j)] for j in rng.choice(len(members), size=k, replace=len(members) < k)]
+        arrays = {"pristine": read_rgb(self.paths[chosen[0]][2])}
+        for slot, i in enumerate(chosen):
+            arrays[f"restored{slot}"] = read_rgb(self.paths[i][0])
+            arrays[f"degraded{slot}"] = read_rgb(self.paths[i][1])
+        crops = self._crops(arrays, f"input {scene} ({self.entries[chosen[0]].name}, ...)", rng)
+        restored = torch.stack([crops[f"restored{slot}"] for slot in range(k)])
+        targets = torch.tensor([self.targets[i] for i in chosen], dtype=torch.float32)
+        return {
+            "restored": restored,
+            "degraded": torch.stack([crops[f"degraded{slot}"] for slot in range(k)]),
+            "restored_2": restored.roll(-1, 0),
+            "pristine": crops["pristine"].expand(k, -1, -1, -1),
+            "target": targets,
+            "target_2": targets.roll(-1, 0),
+            "group": torch.full((k,), self.scene_ids[scene], dtype=torch.long),
+            "name": [self.entries[i].name for i in chosen],
+            **({"method": [self.methods[i][0] for i in chosen], "photo": [self.methods[i][1] for i in chosen]}
+               if self.methods else {}),
+        }
+
+
+def collate_groups(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A batch of :class:`PIPALPairs` groups (``group_size`` > 0) as one batch of restorations:
+    tensors concatenated along the first dimension, lists of names and methods joined."""
+    batch: dict[str, Any] = {}
+    for key, first in samples[0].items():
+        if isinstance(first, torch.Tensor):
+            batch[key] = torch.cat([s[key] for s in samples])
+        else:
+            batch[key] = [v for s in samples for v in s[key]]
+    return batch

@@ -87,6 +87,12 @@ class LossConfig:
     # another sample's degraded input (the batch rolled by one): the worst possible restoration of
     # that input. A comparator that scores it high ignores its reference.
     mismatch: float = 0.0
+    # d7 (not in the paper; 0 = off): in stage 2, for every two restorations of one input in the batch
+    # (data.group_size), the cross-entropy of the student's Elo probability that one beats the other,
+    # sigmoid((dr_i - dr_j) * rank_scale * ln 10), against the labels' (minus its entropy, so 0 at best).
+    # Zero where dr_i - dr_j = t_i - t_j, so it agrees with d1 at d1's optimum; it weighs the order of the
+    # restorations of an input, which is what a loss or a validation metric uses.
+    listwise: float = 0.0
 
 
 @dataclass
@@ -179,6 +185,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss.pair >= 0, f"loss.pair must be >= 0, got {cfg.loss.pair}"),
         (cfg.loss.ranking_stage2 >= 0, f"loss.ranking_stage2 must be >= 0, got {cfg.loss.ranking_stage2}"),
         (cfg.loss.mismatch >= 0, f"loss.mismatch must be >= 0, got {cfg.loss.mismatch}"),
+        (cfg.loss.listwise >= 0, f"loss.listwise must be >= 0, got {cfg.loss.listwise}"),
+        (cfg.loss.listwise == 0 or cfg.data.group_size >= 2,
+         "loss.listwise ranks restorations of one input in a batch: set data.group_size >= 2 as well"),
+        (cfg.loader.batch_size % max(cfg.data.group_size, 1) == 0,
+         f"loader.batch_size ({cfg.loader.batch_size}) counts restorations and must be a multiple of "
+         f"data.group_size ({cfg.data.group_size})"),
         (cfg.optim.skip_nonfinite >= 0, f"optim.skip_nonfinite must be >= 0, got {cfg.optim.skip_nonfinite}"),
     ]
     for ok, message in checks:

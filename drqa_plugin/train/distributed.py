@@ -117,9 +117,12 @@ def state_fingerprint(model: nn.Module) -> str:
 
 def check_launch(accelerator: Accelerator, train_loader: DataLoader, cfg: TrainConfig) -> None:
     if len(train_loader) == 0:
+        group = cfg.data.group_size
+        size = (f"inputs, {cfg.loader.batch_size // group} inputs of {group} restorations (data.group_size) per batch"
+                if group else f"samples, batch_size {cfg.loader.batch_size}")
         raise TrainingError(
-            f"no full training batch per process: {len(train_loader.dataset)} samples, batch_size "  # type: ignore[arg-type]
-            f"{cfg.loader.batch_size} x {accelerator.num_processes} processes (drop_last); use more data or a smaller batch"
+            f"no full training batch per process: {len(train_loader.dataset)} {size} "  # type: ignore[arg-type]
+            f"x {accelerator.num_processes} processes (drop_last); use more data or a smaller batch"
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != accelerator.num_processes or (world > 1 and accelerator.distributed_type == DistributedType.NO):

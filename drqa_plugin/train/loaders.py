@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from drqa_plugin.baselines import other_input_references
-from drqa_plugin.data import build_dataset
+from drqa_plugin.data import build_dataset, collate_groups
 from drqa_plugin.errors import TrainingError
 from drqa_plugin.preprocess import normalize
 from drqa_plugin.pretrained import PreprocessConfig
@@ -100,7 +100,12 @@ def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataL
     common: dict[str, Any] = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
     if lc.num_workers > 0:
         common["multiprocessing_context"] = worker_context(lc.start_method)
-    train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
+    group = cfg.data.group_size
+    if group:  # samples are inputs of `group` restorations each; batch_size still counts restorations
+        train = DataLoader(train_set, batch_size=lc.batch_size // group, shuffle=True, drop_last=lc.drop_last,
+                           collate_fn=collate_groups, **common)
+    else:
+        train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
     val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
     other = None
     if cfg.log.reference_check:

@@ -15,20 +15,26 @@ Options not in the paper (each 0 = off = the paper; docs/quality.md measures the
   another sample's degraded input, and that score is pulled to 0. A model that orders
   the restorations of one input as well with a wrong reference as with the right one
   has not learnt to compare; d6 makes the reference matter.
+* d7 (``loss.listwise``, with ``data.group_size``): in stage 2, every two restorations of one
+  input in the batch (same crop) are compared through the student's Elo probability that one beats
+  the other; the cross-entropy against the labels' Elo probability (the d3 target) pulls the order
+  of an input's restorations, all pairs of it at once. At d1's optimum (dr = label) it is 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from drqa_plugin.models.ckdn import TrainOutputs
 from drqa_plugin.train.config import LossConfig, ScheduleConfig
 
 STAGE_PATHS: dict[int, tuple[str, ...]] = {1: ("nr",), 2: ("dr", "fr", "gap")}
-LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5", "d6")
+LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5", "d6", "d7")
 # Stage-2 options: (LossConfig weight, the model path it needs, the loss term it adds), on when weight > 0.
 STAGE2_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("ranking_stage2", "nr", "d3"),
@@ -52,7 +58,8 @@ def stage_terms(stage: int, cfg: LossConfig) -> tuple[str, ...]:
     """The loss terms optimised in ``stage`` under ``cfg``."""
     if stage == 1:
         return ("d3",)
-    return ("d1", "d2", "d4") + tuple(term for _, _, term in _stage2_options_on(cfg))
+    listwise = ("d7",) if cfg.listwise > 0 else ()
+    return ("d1", "d2", "d4") + tuple(term for _, _, term in _stage2_options_on(cfg)) + listwise
 
 
 def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
@@ -66,6 +73,18 @@ def ranking_target(t1: Tensor, t2: Tensor, rank_scale: float) -> Tensor:
     return torch.sigmoid((t2 - t1) * (rank_scale * torch.log(torch.tensor(10.0, dtype=t1.dtype))))
 
 
+def listwise_loss(scores: Tensor, targets: Tensor, groups: Tensor, rank_scale: float) -> Tensor:
+    """Mean over every pair (i < j) of one group of KL(Elo(t_i - t_j) || Elo(s_i - s_j)), with
+    Elo(x) = sigmoid(x * rank_scale * ln 10) the probability that i beats j; 0 where no group has two."""
+    i, j = torch.triu(groups[:, None] == groups[None, :], diagonal=1).nonzero(as_tuple=True)
+    if i.numel() == 0:
+        return scores.sum() * 0.0  # keeps the graph (and DDP's reducer) whole
+    logits = (scores[i] - scores[j]) * (rank_scale * math.log(10.0))
+    target = ranking_target(targets[j], targets[i], rank_scale)
+    entropy = F.binary_cross_entropy(target, target)  # the floor of the cross-entropy: the loss is a KL
+    return F.binary_cross_entropy_with_logits(logits, target) - entropy
+
+
 @dataclass
 class StageLoss:
     total: Tensor
@@ -73,9 +92,11 @@ class StageLoss:
 
 
 def distillation_loss(
-    out: TrainOutputs, target: Tensor, target_2: Tensor, stage: int, cfg: LossConfig
+    out: TrainOutputs, target: Tensor, target_2: Tensor, stage: int, cfg: LossConfig,
+    group: Tensor | None = None,
 ) -> StageLoss:
-    """Weighted loss of ``stage`` from the model outputs (scores in float32 for stable squares)."""
+    """Weighted loss of ``stage`` from the model outputs (scores in float32 for stable squares);
+    ``group`` (each sample's input) is what d7 pairs by."""
     t1 = target.float()
     terms: dict[str, Tensor] = {}
 
@@ -104,6 +125,10 @@ def distillation_loss(
             if out.dr_x is None:
                 raise ValueError("loss.mismatch > 0 needs the 'drx' path of the model")
             terms["d6"] = cfg.mismatch * out.dr_x.float().pow(2).mean()
+        if cfg.listwise > 0:
+            if group is None:
+                raise ValueError("loss.listwise > 0 needs each sample's group")
+            terms["d7"] = cfg.listwise * listwise_loss(out.dr.float(), t1, group.to(t1.device), cfg.rank_scale)
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     total = torch.stack(list(terms.values())).sum()

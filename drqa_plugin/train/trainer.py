@@ -270,6 +270,7 @@ def run_facts(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
         "runtime.grad_accum": cfg.runtime.grad_accum,
         "data.kind": cfg.data.kind,
         "data.crop": cfg.data.crop,
+        "data.group_size": cfg.data.group_size,
         "data.seed": cfg.data.seed,
         "data.num_samples": cfg.data.num_samples,
         "seed": cfg.seed,
@@ -387,7 +388,7 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
         with a.autocast():
             out = run.model(norm(batch["restored"]), norm(batch["degraded"]), norm(batch["restored_2"]),
                             norm(batch["pristine"]), paths=stage_paths(stage, cfg.loss))
-        loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss)
+        loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss, group=batch.get("group"))
         if not all_ranks_finite(a, loss.total):  # collective: every rank takes the same branch
             _skip_nonfinite(run, batch, stage, loss)
             return {}
