@@ -100,12 +100,10 @@ def build_loaders(cfg: TrainConfig) -> tuple[Dataset, Dataset, DataLoader, DataL
     common: dict[str, Any] = dict(num_workers=lc.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
     if lc.num_workers > 0:
         common["multiprocessing_context"] = worker_context(lc.start_method)
+    # With data.group_size a sample is an input of that many restorations; batch_size counts restorations.
     group = cfg.data.group_size
-    if group:  # samples are inputs of `group` restorations each; batch_size still counts restorations
-        train = DataLoader(train_set, batch_size=lc.batch_size // group, shuffle=True, drop_last=lc.drop_last,
-                           collate_fn=collate_groups, **common)
-    else:
-        train = DataLoader(train_set, batch_size=lc.batch_size, shuffle=True, drop_last=lc.drop_last, **common)
+    train = DataLoader(train_set, batch_size=lc.batch_size // max(group, 1), shuffle=True, drop_last=lc.drop_last,
+                       collate_fn=collate_groups if group else None, **common)
     val = DataLoader(val_set, batch_size=lc.eval_batch_size, shuffle=False, drop_last=False, **common)
     other = None
     if cfg.log.reference_check:

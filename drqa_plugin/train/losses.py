@@ -68,9 +68,14 @@ def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
     return 1 if position < schedule.stage2_start else 2
 
 
+def elo_logit(gap: Tensor, rank_scale: float) -> Tensor:
+    """The logit of the Elo probability of winning by a quality ``gap``: 10^(gap * scale) as odds."""
+    return gap * (rank_scale * math.log(10.0))
+
+
 def ranking_target(t1: Tensor, t2: Tensor, rank_scale: float) -> Tensor:
     """Elo probability that restored_2 beats restored_1: 1 / (1 + 10^((t1 - t2) * scale))."""
-    return torch.sigmoid((t2 - t1) * (rank_scale * torch.log(torch.tensor(10.0, dtype=t1.dtype))))
+    return torch.sigmoid(elo_logit(t2 - t1, rank_scale))
 
 
 def listwise_loss(scores: Tensor, targets: Tensor, groups: Tensor, rank_scale: float) -> Tensor:
@@ -79,7 +84,7 @@ def listwise_loss(scores: Tensor, targets: Tensor, groups: Tensor, rank_scale: f
     i, j = torch.triu(groups[:, None] == groups[None, :], diagonal=1).nonzero(as_tuple=True)
     if i.numel() == 0:
         return scores.sum() * 0.0  # keeps the graph (and DDP's reducer) whole
-    logits = (scores[i] - scores[j]) * (rank_scale * math.log(10.0))
+    logits = elo_logit(scores[i] - scores[j], rank_scale)
     target = ranking_target(targets[j], targets[i], rank_scale)
     entropy = F.binary_cross_entropy(target, target)  # the floor of the cross-entropy: the loss is a KL
     return F.binary_cross_entropy_with_logits(logits, target) - entropy
