@@ -35,15 +35,17 @@ from drqa_plugin.train.config import LossConfig, ScheduleConfig
 
 STAGE_PATHS: dict[int, tuple[str, ...]] = {1: ("nr",), 2: ("dr", "fr", "gap")}
 LOSS_TERMS = ("d1", "d2", "d3", "d4", "d5", "d6", "d7")
-# Stage-2 options: (LossConfig weight, the model path it needs, the loss term it adds), on when weight > 0.
-STAGE2_OPTIONS: tuple[tuple[str, str, str], ...] = (
+# Stage-2 options: (LossConfig weight, the extra model path it needs or None, the loss term it adds),
+# on when weight > 0. d7 ranks the student's own scores (the "dr" path stage 2 always runs).
+STAGE2_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("ranking_stage2", "nr", "d3"),
     ("pair", "dr2", "d5"),
     ("mismatch", "drx", "d6"),
+    ("listwise", None, "d7"),
 )
 
 
-def _stage2_options_on(cfg: LossConfig) -> list[tuple[str, str, str]]:
+def _stage2_options_on(cfg: LossConfig) -> list[tuple[str, str | None, str]]:
     return [option for option in STAGE2_OPTIONS if getattr(cfg, option[0]) > 0]
 
 
@@ -51,15 +53,14 @@ def stage_paths(stage: int, cfg: LossConfig) -> tuple[str, ...]:
     """The model paths ``stage`` needs under ``cfg`` (stage 2 adds ``nr`` / ``dr2`` / ``drx`` for d3 / d5 / d6)."""
     if stage != 2:
         return STAGE_PATHS[stage]
-    return STAGE_PATHS[2] + tuple(path for _, path, _ in _stage2_options_on(cfg))
+    return STAGE_PATHS[2] + tuple(path for _, path, _ in _stage2_options_on(cfg) if path is not None)
 
 
 def stage_terms(stage: int, cfg: LossConfig) -> tuple[str, ...]:
     """The loss terms optimised in ``stage`` under ``cfg``."""
     if stage == 1:
         return ("d3",)
-    listwise = ("d7",) if cfg.listwise > 0 else ()
-    return ("d1", "d2", "d4") + tuple(term for _, _, term in _stage2_options_on(cfg)) + listwise
+    return ("d1", "d2", "d4") + tuple(term for _, _, term in _stage2_options_on(cfg))
 
 
 def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
