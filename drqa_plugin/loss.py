@@ -183,7 +183,9 @@ class DRIQALoss(nn.Module):
         with torch.no_grad():
             y = y.to(dtype).contiguous(memory_format=memory_format)
             reference, context = self.net.reference_encoder(y), self.net.input_context(y)
-        scores = self.net.compare(self.net.restored_encoder(x), reference, context).float()
+        # The detail branch reads the restored pixels, so it runs with gradients like the restored encoder.
+        detail = self.net.detail_features(x, y)
+        scores = self.net.compare(self.net.restored_encoder(x), reference, context, detail).float()
         return scores.view(restored.shape[0], tiles).mean(1)
 
     def forward(self, restored: Tensor, degraded: Tensor | None = None) -> Tensor:

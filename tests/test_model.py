@@ -218,20 +218,45 @@ def test_context_variant_conditions_every_scored_path_on_its_input():
         model.compare(enc_r(r), enc_ref(d))
 
 
-def test_context_variant_folds_saves_scores_and_trains_a_restorer(tmp_path):
+def test_detail_variant_scores_each_path_with_its_own_pair_of_images():
+    torch.manual_seed(4)
+    model = randomise_batchnorm(dq.create_model("ckdn_r50_detail"))
+    assert model.head[0].in_features == 512 + 2 * 16 and model.detail is not None
+    assert dq.create_model().detail is None
+    r, d, r2, p = (torch.randn(3, 3, 64, 64) for _ in range(4))
+    enc_r, enc_ref = model.restored_encoder, model.reference_encoder
+    with torch.no_grad():
+        out = model(r, d, r2, p, paths=("dr", "fr", "nr", "gap", "dr2", "drx"))
+        detail = model.detail_features(r, d)
+        assert detail.shape == (3, 32) and (detail[:, 16:] >= detail[:, :16]).all()  # RMS >= mean of ReLU outputs
+        torch.testing.assert_close(out.dr, model(r, d))
+        torch.testing.assert_close(out.dr_2, model(r2, d))
+        torch.testing.assert_close(out.dr_x, model(r, d[[2, 0, 1]]))
+        # The teacher's detail branch compares the restored image with the pristine one.
+        torch.testing.assert_close(out.fr, model.compare(enc_r(r), enc_ref(p), detail=model.detail_features(r, p)))
+        # Same encoder features, the detail of another pair: another score.
+        assert not torch.allclose(model.compare(enc_r(r), enc_ref(d), detail=detail.roll(1, 0)), out.dr)
+        scorer_path = model.score_pooled(model.pooled_features(r, d))
+    torch.testing.assert_close(scorer_path, out.dr)
+    with pytest.raises(ValueError, match="needs the pair's detail features"):
+        model.compare(enc_r(r), enc_ref(d))
+
+
+@pytest.mark.parametrize("arch", ["ckdn_r50_ctx", "ckdn_r50_detail"])
+def test_head_variants_fold_save_score_and_train_a_restorer(tmp_path, arch):
     torch.manual_seed(3)
-    model = randomise_batchnorm(dq.create_model("ckdn_r50_ctx"))
+    model = randomise_batchnorm(dq.create_model(arch))
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     frozen = dq.models.ckdn.frozen_inference_copy(model, differentiable=False)
     cfg = model.pretrained_cfg.preprocess
     with torch.no_grad():
         expected = model(normalize(x, cfg), normalize(y, cfg))
         torch.testing.assert_close(frozen(normalize(x, cfg), normalize(y, cfg)), expected, atol=1e-5, rtol=0)
-    dq.save_model(model, tmp_path / "ctx.safetensors")
-    assert dq.read_metadata(tmp_path / "ctx.safetensors")["arch"] == "ckdn_r50_ctx"
-    scorer = dq.DRIQA(str(tmp_path / "ctx.safetensors"), preprocess="none", device="cpu")
+    dq.save_model(model, tmp_path / "variant.safetensors")
+    assert dq.read_metadata(tmp_path / "variant.safetensors")["arch"] == arch
+    scorer = dq.DRIQA(str(tmp_path / "variant.safetensors"), preprocess="none", device="cpu")
     torch.testing.assert_close(scorer(x, y), expected, atol=1e-5, rtol=0)
-    loss = dq.DRIQALoss(weights=str(tmp_path / "ctx.safetensors"), preprocess="none")
+    loss = dq.DRIQALoss(weights=str(tmp_path / "variant.safetensors"), preprocess="none")
     restored = x.clone().requires_grad_(True)
     penalty = loss(restored, y)
     torch.testing.assert_close(penalty, (1 - expected).mean(), atol=1e-5, rtol=0)
@@ -240,17 +265,18 @@ def test_context_variant_folds_saves_scores_and_trains_a_restorer(tmp_path):
 
 
 @pytest.mark.slow
-def test_trainer_trains_and_exports_the_context_variant(tmp_path):
+@pytest.mark.parametrize("arch", ["ckdn_r50_ctx", "ckdn_r50_detail"])
+def test_trainer_trains_and_exports_the_head_variants(tmp_path, arch):
     import subprocess
     import sys
 
     from test_train_distributed import REPO, TINY, _env
 
-    cmd = [sys.executable, "-m", "drqa_plugin.train", "--config", TINY, "model.arch=ckdn_r50_ctx",
+    cmd = [sys.executable, "-m", "drqa_plugin.train", "--config", TINY, f"model.arch={arch}",
            f"output_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(False), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert dq.read_metadata(tmp_path / "model.safetensors")["arch"] == "ckdn_r50_ctx"
+    assert dq.read_metadata(tmp_path / "model.safetensors")["arch"] == arch
     scorer = dq.DRIQA(str(tmp_path / "model.safetensors"), preprocess="none")
     x = torch.rand(2, 3, 64, 64)
     scores = scorer(x, x.flip(-1))

@@ -23,7 +23,7 @@ def test_default_variant_is_registered_beside_the_architecture() -> None:
 
 
 def test_unknown_and_conflicting_variants() -> None:
-    with pytest.raises(KeyError, match="unknown model variant 'nope'; known: \\['ckdn_alex', 'ckdn_r50', 'ckdn_r50_ctx'\\]"):
+    with pytest.raises(KeyError, match="unknown model variant 'nope'; known: \\['ckdn_alex', 'ckdn_r50', 'ckdn_r50_ctx', 'ckdn_r50_detail'\\]"):
         get_variant("nope")
     variant = get_variant(DEFAULT_ARCH)
     assert register_variant(variant) is variant  # the same object again: a no-op

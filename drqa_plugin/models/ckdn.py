@@ -16,6 +16,12 @@ restored encoder's pooled features of the degraded input. Distillation pulls the
 encoder's features of a degraded input toward those of its pristine image, so they are meant to
 lose how degraded the input was; the context keeps that, so the head can learn that a method's
 worth depends on its input (GAN texture over a clean input vs over a noisy one).
+
+Variant ``ckdn_r50_detail`` (ours, not in the paper) adds a full-resolution detail branch: two 3x3
+convolutions over the restored image, its reference and their difference, pooled to their mean and
+RMS, beside the comparator's features in the head. It tests whether the stem, which downsamples by
+4 before restored and reference meet, hides how much a denoiser smoothed or an interpolation
+sharpened. Measured: it does not; the variant scores like ``ckdn_r50`` (docs/quality.md, "The fit").
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ TRAIN_PATHS = ("dr", "fr", "nr", "gap", "dr2", "drx")
 
 # The convolutional part that may run in bf16/fp16; the MLP heads (0.5 % of the
 # FLOPs, and where the score is formed) always stay fp32.
-TRUNK_MODULES = ("restored_encoder", "reference_encoder", "comparator")
+TRUNK_MODULES = ("restored_encoder", "reference_encoder", "comparator", "detail")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class CKDNConfig:
     head_dropout: float = 0.5
     # The score head also sees the input's context (see the module docstring); False = the paper's head.
     input_context: bool = False
+    # Channels of the full-resolution detail branch (module docstring); 0 = none, the paper's network.
+    detail_channels: int = 0
 
 
 class TrainOutputs(NamedTuple):
@@ -121,6 +129,23 @@ class AlexEncoder(nn.Module):
 ENCODERS = {"resnet": Encoder, "alex": AlexEncoder}
 
 
+class DetailBranch(nn.Module):
+    """Two 3x3 convolutions at full resolution over [restored, reference, restored - reference],
+    pooled to per-channel mean and RMS: (N, 2 * channels)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(9, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, restored: Tensor, reference: Tensor) -> Tensor:
+        x = torch.cat([restored, reference, restored - reference], dim=1)
+        x = self.relu(self.conv2(self.relu(self.conv1(x)))).float()
+        # RMS carries the energy of the responses (what gradient-energy sharpness measures), mean their level.
+        return torch.cat([x.mean(dim=(2, 3)), x.pow(2).mean(dim=(2, 3)).add(1e-8).sqrt()], dim=1)
+
+
 #: Channels of the comparator output and of an encoder output (the context).
 COMPARATOR_CHANNELS = 512
 ENCODER_CHANNELS = 256
@@ -159,7 +184,8 @@ class CKDN(nn.Module):
         self.reference_encoder = ENCODERS[self.cfg.encoder](self.cfg)
         self.comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
         context = ENCODER_CHANNELS if self.cfg.input_context else 0
-        self.head = _score_head(self.cfg, COMPARATOR_CHANNELS + context)
+        self.detail = DetailBranch(self.cfg.detail_channels) if self.cfg.detail_channels else None
+        self.head = _score_head(self.cfg, COMPARATOR_CHANNELS + context + 2 * self.cfg.detail_channels)
         self.nr_comparator = resnet_stage(256, 128, self.cfg.comparator_blocks, stride=2)
         self.nr_head = _score_head(self.cfg)
         self.reset_parameters()
@@ -173,11 +199,17 @@ class CKDN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @staticmethod
-    def _pool_score(features: Tensor, head: nn.Sequential, context: Tensor | None = None) -> Tensor:
+    def _pool_score(features: Tensor, head: nn.Sequential, extras: Tensor | None = None) -> Tensor:
         pooled = features.mean(dim=(2, 3))
-        if context is not None:
-            pooled = torch.cat([pooled.to(context.dtype), context], dim=1)
+        if extras is not None:
+            pooled = torch.cat([pooled.to(extras.dtype), extras], dim=1)
         return CKDN._head_score(pooled, head)
+
+    @staticmethod
+    def _extras(context: Tensor | None, detail: Tensor | None) -> Tensor | None:
+        """What the head reads beside the comparator's pooled features, in the head's input order."""
+        parts = [t for t in (context, detail) if t is not None]
+        return torch.cat(parts, dim=1) if parts else None
 
     @staticmethod
     def _head_score(pooled: Tensor, head: nn.Sequential) -> Tensor:
@@ -196,19 +228,29 @@ class CKDN(nn.Module):
     def _pool_context(encoded_input: Tensor) -> Tensor:
         return encoded_input.float().mean(dim=(2, 3))
 
-    def compare(self, restored_features: Tensor, reference_features: Tensor, context: Tensor | None = None) -> Tensor:
-        """Score restored-encoder features against reference-encoder features (and the input's
-        :meth:`input_context`, which variants with ``input_context`` require)."""
+    def detail_features(self, restored: Tensor, reference: Tensor) -> Tensor | None:
+        """The detail branch's pooled features (N, 2 * detail_channels) for variants with one; else None."""
+        return None if self.detail is None else self.detail(restored, reference)
+
+    def compare(self, restored_features: Tensor, reference_features: Tensor, context: Tensor | None = None,
+                detail: Tensor | None = None) -> Tensor:
+        """Score restored-encoder features against reference-encoder features, plus the input's
+        :meth:`input_context` and the pair's :meth:`detail_features` for the variants that read them."""
         if self.cfg.input_context and context is None:
             raise ValueError("this variant's head also needs the input's context: compare(r, d, model.input_context(x))")
-        return self._pool_score(self.comparator(restored_features - reference_features), self.head, context)
+        if self.detail is not None and detail is None:
+            raise ValueError("this variant's head also needs the pair's detail features: "
+                             "compare(r, d, context, detail=model.detail_features(x, y))")
+        extras = self._extras(context, detail)
+        return self._pool_score(self.comparator(restored_features - reference_features), self.head, extras)
 
     def pooled_features(self, restored: Tensor, degraded: Tensor) -> Tensor:
-        """Globally pooled head inputs (N, 512, or 768 with the input's context) of the degraded-reference path."""
+        """Globally pooled head inputs of the degraded-reference path: (N, 512), plus 256 with the
+        input's context and 2 * detail_channels with the detail branch."""
         diff = self.restored_encoder(restored) - self.reference_encoder(degraded)
         pooled = self.comparator(diff).float().mean(dim=(2, 3))
-        context = self.input_context(degraded)
-        return pooled if context is None else torch.cat([pooled, context], dim=1)
+        extras = self._extras(self.input_context(degraded), self.detail_features(restored, degraded))
+        return pooled if extras is None else torch.cat([pooled, extras], dim=1)
 
     def score_pooled(self, pooled: Tensor) -> Tensor:
         """Scores (N,) from :meth:`pooled_features`; lets callers run the head once for many chunks."""
@@ -225,7 +267,8 @@ class CKDN(nn.Module):
     ) -> Tensor | TrainOutputs:
         if restored_2 is None and pristine is None:
             return self.compare(
-                self.restored_encoder(restored), self.reference_encoder(degraded), self.input_context(degraded)
+                self.restored_encoder(restored), self.reference_encoder(degraded), self.input_context(degraded),
+                self.detail_features(restored, degraded),
             )
         if restored_2 is None or pristine is None:
             raise ValueError("training forward needs restored, degraded, restored_2 and pristine")
@@ -270,7 +313,14 @@ class CKDN(nn.Module):
             contexts = None
             if context is not None:
                 contexts = torch.cat([context.roll(1, 0) if k == "drx" else context for k in scored])
-            joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head, contexts)
+            details = None
+            if self.detail is not None:  # one call over every scored path's (restored, reference) images
+                reference_of = {"dr": degraded, "fr": pristine, "dr2": degraded}
+                details = self.detail(
+                    torch.cat([restored_2 if k == "dr2" else restored for k in scored]),
+                    torch.cat([degraded.roll(1, 0) if k == "drx" else reference_of[k] for k in scored]),
+                )
+            joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head, self._extras(contexts, details))
             scores = dict(zip(scored, joint.split(n)))
         nr = gap = None
         if "nr" in paths:
@@ -305,7 +355,9 @@ def frozen_inference_copy(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     for name in TRUNK_MODULES:
-        getattr(net, name).to(dtype)
+        module = getattr(net, name)
+        if module is not None:  # variants without a detail branch
+            module.to(dtype)
     if not differentiable and next(net.parameters()).device.type == "cpu":
         fuse_bottlenecks_for_cpu(net)
     return net.eval().requires_grad_(False)  # eval again: the folded convs are new modules
@@ -332,6 +384,18 @@ register_variant(
             provenance="randomly initialised",
         ),
         description="ckdn_r50 whose score head also sees the degraded input's pooled features (ours, not in the paper)",
+    )
+)
+
+register_variant(
+    ModelVariant(
+        name="ckdn_r50_detail",
+        build=lambda: CKDN(CKDNConfig(detail_channels=16)),
+        pretrained=PretrainedConfig(
+            license="MIT (architecture); weights: as stated by their source",
+            provenance="randomly initialised",
+        ),
+        description="ckdn_r50 whose score head also reads a full-resolution detail branch (ours, not in the paper)",
     )
 )
 

@@ -25,7 +25,7 @@ from drqa_plugin.train.losses import stage_paths
 BRANCHES: dict[str, tuple[str, ...]] = {
     "shared": ("restored_encoder",),
     "ranking": ("nr_comparator", "nr_head"),
-    "reference": ("reference_encoder", "comparator", "head"),
+    "reference": ("reference_encoder", "comparator", "head", "detail"),
 }
 # The branches each model path runs through (``gap`` compares two reference-encoder outputs).
 PATH_BRANCHES: dict[str, frozenset[str]] = {
@@ -43,7 +43,7 @@ def branch_of(name: str) -> str:
     for branch, modules in BRANCHES.items():
         if top in modules:
             return branch
-    raise TrainingError(f"parameter {name!r} belongs to no training branch; update BRANCHES in trainer.py")
+    raise TrainingError(f"parameter {name!r} belongs to no training branch; update BRANCHES in drqa_plugin/train/optim.py")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
