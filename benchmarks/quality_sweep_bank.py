@@ -11,9 +11,10 @@ smooth, how much sharpening helps.
 ``build`` runs ``drqa_plugin.data.build_bank`` with restorers registered through the public
 ``register_restorer`` on the *same* inputs as the base bank (same seed, crops and degradations; the
 base bank's val photos left out), so the sweeps extend the base bank's groups. ``merge`` writes a
-folder of links to both banks and a training list whose sweep labels are put on the base bank's
-label scale (each labeller's raw score as a percentile of the base bank's scores, then the base
-bank's combination), so the base items keep their labels::
+folder of links to both banks and the bank's lists (``train.txt`` for the trainer, ``train.csv`` for
+``drqa eval``) whose sweep labels are put on the base bank's label scale (each labeller's raw score
+as a percentile of the base bank's scores, then the base bank's combination), so the base items
+keep their labels::
 
     python benchmarks/quality_sweep_bank.py build --out runs/sweeps --labeller stlpips_alex --labeller stlpips_vgg
     python benchmarks/quality_sweep_bank.py merge --out runs/sweeps --base runs/bank_skimage
@@ -44,15 +45,18 @@ from drqa_plugin.data.bank import (  # noqa: E402
     RestoreRequest,
     available_restorers,
     build_bank,
+    list_texts,
     load_manifest,
     plan_inputs,
     register_restorer,
     resolve_restorers,
     select_photos,
 )
+from drqa_plugin.data.pipal import MOS_OFFSET, MOS_SCALE  # noqa: E402
 
 SWEPT = {"denoise": ("tv", "nlmeans", "wavelet", "bilateral", "median", "gaussian"), "sr_x4": ("unsharp",)}
-RECIPE_STEPS, RECIPE_EPOCHS, RECIPE_STAGE2 = 2130, 30, 7  # quality_cpu.yaml's compute and stage boundary
+# quality_cpu.yaml's compute (global batch, steps) and stage boundary.
+RECIPE_BATCH, RECIPE_STEPS, RECIPE_EPOCHS, RECIPE_STAGE2 = 16, 2130, 30, 7
 
 
 def sweep_strengths(restorer: Restorer, count: int) -> list[float]:
@@ -119,11 +123,14 @@ def merge(args: argparse.Namespace) -> None:
                 os.symlink(f.resolve(), link)
     labels = np.mean([_rescale(np.array([i.scores[n] for i in sweeps.items]),
                                np.array([i.scores[n] for i in base.items])) for n in base.labellers], axis=0)
-    lines = [f"{i.name},{i.mos:.6f}\n" for i in base.split_items("train")]
-    lines += [f"{i.name},{900.0 + 1000.0 * label:.6f}\n" for i, label in zip(sweeps.items, labels)]
-    (out / "train.txt").write_text("".join(lines))
-    (out / "val.txt").write_text("".join(f"{i.name},{i.mos:.6f}\n" for i in base.split_items("val")))
-    steps_per_epoch = len(lines) / 16
+    rescaled = [dataclasses.replace(i, label=float(label), mos=round(MOS_OFFSET + MOS_SCALE * float(label), 6))
+                for i, label in zip(sweeps.items, labels)]
+    train = base.split_items("train") + rescaled
+    for split, items in (("train", train), ("val", base.split_items("val"))):
+        text, table = list_texts(items)  # the bank's own list and CSV writers
+        (out / f"{split}.txt").write_text(text)
+        (out / f"{split}.csv").write_text(table)
+    steps_per_epoch = len(train) / RECIPE_BATCH
     epochs = max(1, round(RECIPE_STEPS / steps_per_epoch))
     stage2 = max(1, round(epochs * RECIPE_STAGE2 / RECIPE_EPOCHS))
     print(f"{out}: {len(base.split_items('train'))} base + {len(sweeps.items)} sweep restorations in training, "

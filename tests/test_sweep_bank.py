@@ -68,6 +68,8 @@ def test_sweeps_extend_the_base_banks_training_inputs(tmp_path: Path) -> None:
     assert lines[:len(base_lines)] == base_lines  # base labels untouched
     assert len(lines) == len(base_lines) + len(sweeps.items)
     assert (merged / "val.txt").read_text() == (tmp_path / "base" / "val.txt").read_text()
+    table = (merged / "train.csv").read_text().splitlines()
+    assert len(table) == len(lines) + 1 and {row.split(",")[4] for row in table[1:]} >= {"tv_s0", "tv_s1", "bicubic"}
     for line in lines:
         name, mos = line.split(",")
         assert (merged / name).is_file() and (merged / f"ref_{name}").is_file()
