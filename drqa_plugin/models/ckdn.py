@@ -314,12 +314,10 @@ class CKDN(nn.Module):
             if context is not None:
                 contexts = torch.cat([context.roll(1, 0) if k == "drx" else context for k in scored])
             details = None
-            if self.detail is not None:  # one call over every scored path's (restored, reference) images
-                reference_of = {"dr": degraded, "fr": pristine, "dr2": degraded}
-                details = self.detail(
-                    torch.cat([restored_2 if k == "dr2" else restored for k in scored]),
-                    torch.cat([degraded.roll(1, 0) if k == "drx" else reference_of[k] for k in scored]),
-                )
+            if self.detail is not None:  # one call over every scored path's pair of images, as ``pairs`` above
+                images = {"dr": (restored, degraded), "fr": (restored, pristine), "dr2": (restored_2, degraded),
+                          "drx": (restored, degraded.roll(1, 0))}
+                details = self.detail(*(torch.cat(side) for side in zip(*(images[k] for k in scored))))
             joint = self._pool_score(self.comparator(torch.cat(diffs)), self.head, self._extras(contexts, details))
             scores = dict(zip(scored, joint.split(n)))
         nr = gap = None
