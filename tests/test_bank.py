@@ -142,7 +142,8 @@ def test_trainer_trains_the_listwise_term_on_groups_of_one_input(built, tmp_path
     out, manifest = built
     cfg = load_config(None, [f"data.root={out}", "data.kind=pipal", "data.list_file=train.txt",
                              "data.val_list_file=val.txt", f"data.crop={CROP}", f"output_dir={tmp_path / 'run'}",
-                             "data.group_size=2", "loss.listwise=1.0", "loader.batch_size=4", "schedule.epochs=3",
+                             "data.group_size=2", "loss.listwise=1.0", "loss.listwise_warmup=2", "loader.batch_size=4",
+                             "schedule.epochs=3",
                              "schedule.stage2_start=1", "log.progress=false", "log.plots=false", "log.log_every=1",
                              "model.channels_last=false"])
     summary = train(cfg)

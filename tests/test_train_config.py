@@ -458,8 +458,23 @@ def test_listwise_term_ranks_every_pair_of_restorations_of_one_input() -> None:
     with pytest.raises(ValueError, match="needs each sample's group"):
         distillation_loss(TrainOutputs(dr, fr, None, gap), t, t, 2, on)
     for overrides, match in ((["loss.listwise=-1"], "loss.listwise must be >= 0"),
+                             (["loss.listwise_warmup=-1"], "loss.listwise_warmup must be >= 0"),
                              (["loss.listwise=1"], "set data.group_size >= 2"),
                              (["data.kind=pipal", "data.root=/d", "data.list_file=l.txt", "data.group_size=3",
                                "loader.batch_size=8"], "must be a multiple of data.group_size")):
         with pytest.raises(ConfigError, match=match):
             load_config(None, overrides)
+
+
+def test_listwise_warmup_ramps_d7_from_the_first_step_of_stage_2() -> None:
+    from drqa_plugin.train.losses import listwise_loss, listwise_weight, stage2_first_step
+
+    assert stage2_first_step(ScheduleConfig(stage2_start=15, unit="epoch"), steps_per_epoch=16) == 240
+    assert stage2_first_step(ScheduleConfig(stage2_start=300, unit="step"), steps_per_epoch=16) == 300
+    ramp = LossConfig(listwise=0.8, listwise_warmup=4)
+    assert [listwise_weight(ramp, k) for k in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+    assert listwise_weight(ramp, None) == 0.8 and listwise_weight(LossConfig(listwise=0.8), 0) == 0.8
+    t, groups = torch.tensor([0.1, 0.7, 0.4, 0.9]), torch.tensor([0, 0, 1, 1])
+    dr, fr, gap = torch.rand(4), torch.rand(4), torch.rand(4)
+    first = distillation_loss(TrainOutputs(dr, fr, None, gap), t, t, 2, ramp, group=groups, steps_into_stage2=0)
+    assert torch.allclose(first.terms["d7"], 0.2 * listwise_loss(dr, t, groups, ramp.rank_scale))

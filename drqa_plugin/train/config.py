@@ -93,6 +93,11 @@ class LossConfig:
     # Zero where dr_i - dr_j = t_i - t_j, so it agrees with d1 at d1's optimum; it weighs the order of the
     # restorations of an input, which is what a loss or a validation metric uses.
     listwise: float = 0.0
+    # Optimiser steps after stage 2 begins over which d7's weight rises linearly from 0 to
+    # ``listwise`` (0 = full weight at once). The score head starts stage 2 untrained; at weights of
+    # 0.5 and more d7's pair gradients (rank_scale * ln 10 times the probability error) blew its
+    # logits up within 40 steps and every score stuck at 0 or 1 (docs/quality.md).
+    listwise_warmup: int = 0
 
 
 @dataclass
@@ -186,6 +191,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss.ranking_stage2 >= 0, f"loss.ranking_stage2 must be >= 0, got {cfg.loss.ranking_stage2}"),
         (cfg.loss.mismatch >= 0, f"loss.mismatch must be >= 0, got {cfg.loss.mismatch}"),
         (cfg.loss.listwise >= 0, f"loss.listwise must be >= 0, got {cfg.loss.listwise}"),
+        (cfg.loss.listwise_warmup >= 0, f"loss.listwise_warmup must be >= 0, got {cfg.loss.listwise_warmup}"),
         (cfg.loss.listwise == 0 or cfg.data.group_size >= 2,
          "loss.listwise ranks restorations of one input in a batch: set data.group_size >= 2 as well"),
         (cfg.loader.batch_size % max(cfg.data.group_size, 1) == 0,

@@ -19,6 +19,7 @@ Options not in the paper (each 0 = off = the paper; docs/quality.md measures the
   input in the batch (same crop) are compared through the student's Elo probability that one beats
   the other; the cross-entropy against the labels' Elo probability (the d3 target) pulls the order
   of an input's restorations, all pairs of it at once. At d1's optimum (dr = label) it is 0.
+  ``loss.listwise_warmup`` ramps its weight in over the first steps of stage 2.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ def stage_at(schedule: ScheduleConfig, epoch: int, step: int) -> int:
     return 1 if position < schedule.stage2_start else 2
 
 
+def stage2_first_step(schedule: ScheduleConfig, steps_per_epoch: int) -> int:
+    """The optimiser step at which stage 2 begins (epochs hold ``steps_per_epoch`` steps each)."""
+    return schedule.stage2_start * (steps_per_epoch if schedule.unit == "epoch" else 1)
+
+
+def listwise_weight(cfg: LossConfig, steps_into_stage2: int | None) -> float:
+    """d7's weight after ``steps_into_stage2`` optimiser steps of stage 2 (None: full weight)."""
+    if cfg.listwise_warmup <= 0 or steps_into_stage2 is None:
+        return cfg.listwise
+    return cfg.listwise * min(1.0, (max(steps_into_stage2, 0) + 1) / cfg.listwise_warmup)
+
+
 def elo_logit(gap: Tensor, rank_scale: float) -> Tensor:
     """The logit of the Elo probability of winning by a quality ``gap``: 10^(gap * scale) as odds."""
     return gap * (rank_scale * math.log(10.0))
@@ -99,10 +112,10 @@ class StageLoss:
 
 def distillation_loss(
     out: TrainOutputs, target: Tensor, target_2: Tensor, stage: int, cfg: LossConfig,
-    group: Tensor | None = None,
+    group: Tensor | None = None, steps_into_stage2: int | None = None,
 ) -> StageLoss:
     """Weighted loss of ``stage`` from the model outputs (scores in float32 for stable squares);
-    ``group`` (each sample's input) is what d7 pairs by."""
+    ``group`` (each sample's input) is what d7 pairs by, ``steps_into_stage2`` where its warm-up stands."""
     t1 = target.float()
     terms: dict[str, Tensor] = {}
 
@@ -134,7 +147,8 @@ def distillation_loss(
         if cfg.listwise > 0:
             if group is None:
                 raise ValueError("loss.listwise > 0 needs each sample's group")
-            terms["d7"] = cfg.listwise * listwise_loss(out.dr.float(), t1, group.to(t1.device), cfg.rank_scale)
+            ranked = listwise_loss(out.dr.float(), t1, group.to(t1.device), cfg.rank_scale)
+            terms["d7"] = listwise_weight(cfg, steps_into_stage2) * ranked
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     total = torch.stack(list(terms.values())).sum()

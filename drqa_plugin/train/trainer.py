@@ -65,6 +65,7 @@ from drqa_plugin.train.losses import (
     LOSS_TERMS,
     StageLoss,
     distillation_loss,
+    stage2_first_step,
     stage_at,
     stage_paths,
     stage_terms,
@@ -138,6 +139,7 @@ class Run:
     log: MetricsLog | None
     out: Path
     other_ref_loader: DataLoader | None = None  # val pairs against another input's reference (log.reference_check)
+    stage2_step: int = 0  # the optimiser step at which stage 2 begins (d7's warm-up counts from it)
     # Observed in the last optimiser step / forward, for metrics.csv and summary.json:
     grad_norms: tuple[float, float | None] | None = None  # gradient norm before, after clipping (None: not seen)
     compute_dtype: str | None = None  # dtype the first convolution computed in while training (autocast shows here)
@@ -212,7 +214,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict[str, Any]:
         dump_config(cfg, out / "config.yaml")
     log = MetricsLog(out, tensorboard=cfg.log.tensorboard, keep_until_step=state.step) if accelerator.is_main_process else None
     run = Run(cfg, accelerator, model, optimizer, train_loader, val_loader, train_set,
-              Normalizer(preprocess, cfg.model.channels_last), state, total, log, out, other_ref_loader)
+              Normalizer(preprocess, cfg.model.channels_last), state, total, log, out, other_ref_loader,
+              stage2_step=stage2_first_step(cfg.schedule, steps_per_epoch))
     _record_compute_dtype(run)
     _print_header(run, steps_per_epoch, resume)
     t0 = time.perf_counter()
@@ -388,7 +391,8 @@ def _train_batch(run: Run, batch: Mapping[str, Any], stage: int) -> dict[str, fl
         with a.autocast():
             out = run.model(norm(batch["restored"]), norm(batch["degraded"]), norm(batch["restored_2"]),
                             norm(batch["pristine"]), paths=stage_paths(stage, cfg.loss))
-        loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss, group=batch.get("group"))
+        loss = distillation_loss(out, batch["target"], batch["target_2"], stage, cfg.loss, group=batch.get("group"),
+                                 steps_into_stage2=run.state.step - run.stage2_step)
         if not all_ranks_finite(a, loss.total):  # collective: every rank takes the same branch
             _skip_nonfinite(run, batch, stage, loss)
             return {}
