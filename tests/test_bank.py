@@ -134,12 +134,22 @@ def test_layout_is_read_by_the_trainer_and_eval(built) -> None:
     assert all(p.degraded.name == "ref_" + p.restored.name for p in pairs)
 
 
-def test_trainer_trains_the_listwise_term_on_groups_of_one_input(built, tmp_path: Path, capsys) -> None:
+def test_trainer_trains_the_listwise_term_on_groups_of_one_input(built, tmp_path: Path, capsys,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from drqa_plugin.errors import TrainingError
+    from drqa_plugin.train import trainer
     from drqa_plugin.train.config import load_config
     from drqa_plugin.train.trainer import train
 
     out, manifest = built
+    seen: list[tuple[int, int | None]] = []  # (stage, steps_into_stage2) of every loss the trainer computes
+
+    def recording_loss(*args, **kwargs):
+        seen.append((args[3], kwargs.get("steps_into_stage2")))
+        return real_loss(*args, **kwargs)
+
+    real_loss = trainer.distillation_loss
+    monkeypatch.setattr(trainer, "distillation_loss", recording_loss)
     cfg = load_config(None, [f"data.root={out}", "data.kind=pipal", "data.list_file=train.txt",
                              "data.val_list_file=val.txt", f"data.crop={CROP}", f"output_dir={tmp_path / 'run'}",
                              "data.group_size=2", "loss.listwise=1.0", "loss.listwise_warmup=2", "loader.batch_size=4",
@@ -152,6 +162,8 @@ def test_trainer_trains_the_listwise_term_on_groups_of_one_input(built, tmp_path
     train_inputs = {i.input_id for i in manifest.items if i.split == "train"}
     # A step takes 2 inputs of 2 restorations each: an epoch is the inputs, not the restorations.
     assert summary["steps"] == 3 * (len(train_inputs) // 2)
+    # d7's warm-up counts optimiser steps from the first step of stage 2 (epoch 1 here).
+    assert [k for stage, k in seen if stage == 2] == list(range(2 * (len(train_inputs) // 2)))
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["split"] == "train"]
     stage2 = [r for r in rows if r["stage"] == "2"]
     assert stage2 and all(math.isfinite(float(r["d7"])) and float(r["d7"]) >= 0 for r in stage2)
