@@ -130,6 +130,16 @@ def scores_of(model: nn.Module, inputs: list[Input]) -> list[np.ndarray]:
     return out
 
 
+def print_tables(title: str, targets: np.ndarray, groups: list, tasks: list[str], rows: dict[str, np.ndarray]
+                 ) -> None:
+    """Every row's figures against ``targets``, over all pairs and then per task."""
+    print(format_table(score_rows(targets, groups, rows), title=f"{title}: all inputs"))
+    for task in sorted(set(tasks)):
+        idx = [k for k, name in enumerate(tasks) if name == task]
+        print(format_table(score_rows(targets[idx], [groups[k] for k in idx], {k: v[idx] for k, v in rows.items()}),
+                           title=f"{title}: {task} inputs"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bank", type=Path, required=True, help="restoration bank to train on (its train split)")
@@ -189,12 +199,7 @@ def main() -> None:
                 tasks[r] = x.task
         keep = [r for x in inputs for r in x.rows]  # blends are never evaluated
         rows = {"rank probe": probe[keep], **{k: np.asarray(v)[keep] for k, v in baselines.items()}}
-        t, g, kept_tasks = np.asarray(targets)[keep], [groups[r] for r in keep], [tasks[r] for r in keep]
-        print(format_table(score_rows(t, g, rows), title=f"{spec}: all inputs"))
-        for task in sorted(set(kept_tasks)):
-            idx = [k for k, name in enumerate(kept_tasks) if name == task]
-            print(format_table(score_rows(t[idx], [g[k] for k in idx], {k: v[idx] for k, v in rows.items()}),
-                               title=f"{spec}: {task} inputs"))
+        print_tables(spec, np.asarray(targets)[keep], [groups[r] for r in keep], [tasks[r] for r in keep], rows)
 
 
 if __name__ == "__main__":
