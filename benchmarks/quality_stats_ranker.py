@@ -20,7 +20,7 @@ printout puts each evaluation set next to its method prior and sharpness rows, a
 next to a CKDN model and the two's mean rank inside each input::
 
     python benchmarks/quality_stats_ranker.py --bank runs/bank_skimage --eval runs/bank_skimage:val \\
-        --eval runs/heldout/bank:val [--leave-one-photo-out] [--weights W] [--scorer mlp] [--seed 0]
+        --eval runs/heldout/bank:val [--leave-one-photo-out] [--weights W] [--train-method NAME ...] [--scorer mlp]
 """
 
 from __future__ import annotations
@@ -115,6 +115,22 @@ def make_scorer(kind: str, width: int) -> nn.Module:
     if kind == "linear":
         return nn.Linear(n, 1)
     return nn.Sequential(nn.Linear(n, width), nn.Tanh(), nn.Linear(width, 1))
+
+
+def only_methods(inputs: list[Input], bank: Path, methods: set[str]) -> list[Input]:
+    """The training inputs with only the named restorers' outputs; inputs left with fewer than two are dropped."""
+    from drqa_plugin.data.bank import load_manifest
+
+    items = load_manifest(bank).split_items("train")
+    unknown = methods - {i.method for i in items}
+    if unknown:
+        raise SystemExit(f"no restorations by {sorted(unknown)} in {bank}'s train split")
+    out = []
+    for x in inputs:
+        keep = [k for k, r in enumerate(x.rows) if items[r].method in methods]
+        if len(keep) >= 2:
+            out.append(Input(x.restored[keep], x.degraded, x.labels[keep], x.task, [x.rows[k] for k in keep]))
+    return out
 
 
 def train_scorer(features: list[Tensor], labels: list[Tensor], kind: str, width: int, steps: int,
@@ -216,6 +232,8 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blends", action="store_true", help="also train on the bank's blends (method 'blend')")
+    p.add_argument("--train-method", action="append", default=[], metavar="NAME",
+                   help="train only on these restorers' outputs (repeatable; e.g. the judged set's restorers)")
     p.add_argument("--leave-one-photo-out", action="store_true",
                    help="also train the ranker on each evaluated split itself, leaving out the photo it scores "
                         "(the cues' ceiling on that kind of input, as the method prior is the methods')")
@@ -226,6 +244,8 @@ def main() -> None:
     print(f"machine: {machine_description()}")
     start = time.perf_counter()
     train = load_inputs(args.bank, "train", args.blends)
+    if args.train_method:
+        train = only_methods(train, args.bank, set(args.train_method))
     train_features = input_statistics(train)
     scorer, mean, std = train_scorer(train_features, [x.labels for x in train], args.scorer, args.width,
                                      args.steps, args.weight_decay)

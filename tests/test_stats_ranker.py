@@ -77,7 +77,7 @@ def test_mean_rank_in_group_averages_each_inputs_ranks() -> None:
     assert mean_rank_in_group([a], groups) == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.0])
 
 
-def test_ranker_trains_and_prints_its_rows_next_to_the_baselines(tmp_path: Path, weights_file: Path) -> None:
+def _tiny_bank(tmp_path: Path):
     from skimage import data
 
     from drqa_plugin.data.bank import BankConfig, build_bank
@@ -89,7 +89,29 @@ def test_ranker_trains_and_prints_its_rows_next_to_the_baselines(tmp_path: Path,
     cfg = BankConfig(photos=str(photos), crop=32, tasks=("sr_x2", "denoise"),
                      restorers=("nearest", "bicubic", "unsharp", "tv", "none"),
                      labellers=("ssim",), val_fraction=0.5, progress=False)
-    manifest = build_bank(cfg, tmp_path / "bank")
+    return build_bank(cfg, tmp_path / "bank")
+
+
+def test_only_methods_keeps_the_named_restorers_of_each_input(tmp_path: Path) -> None:
+    from benchmarks.quality_rank_probe import load_inputs
+    from benchmarks.quality_stats_ranker import only_methods
+
+    manifest = _tiny_bank(tmp_path)
+    items = manifest.split_items("train")
+    inputs = load_inputs(tmp_path / "bank", "train")
+    kept = only_methods(inputs, tmp_path / "bank", {"bicubic", "unsharp", "tv"})
+    # SR inputs keep bicubic and unsharp; a denoising input keeps tv alone and is dropped.
+    assert kept and [x.task for x in kept] == [x.task for x in inputs if x.task == "sr_x2"]
+    for x in kept:
+        assert sorted(items[r].method for r in x.rows) == ["bicubic", "unsharp"]
+        assert len(x.restored) == len(x.labels) == 2
+        assert x.labels.tolist() == pytest.approx([items[r].label for r in x.rows])
+    with pytest.raises(SystemExit, match="lanczos"):
+        only_methods(inputs, tmp_path / "bank", {"lanczos"})
+
+
+def test_ranker_trains_and_prints_its_rows_next_to_the_baselines(tmp_path: Path, weights_file: Path) -> None:
+    manifest = _tiny_bank(tmp_path)
     val = [i for i in manifest.items if i.split == "val"]
     proc = subprocess.run(
         [sys.executable, "benchmarks/quality_stats_ranker.py", "--bank", str(tmp_path / "bank"),
