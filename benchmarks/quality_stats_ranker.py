@@ -40,23 +40,13 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine_description  # noqa: E402
 from benchmarks.quality_rank_probe import Input, listwise_loss, load_inputs, print_tables  # noqa: E402
-from drqa_plugin.baselines import bank_baselines  # noqa: E402
+from drqa_plugin.baselines import bank_baselines, luma, sobel_energy  # noqa: E402
+from drqa_plugin.data.bank import BankManifest, load_manifest  # noqa: E402
 
 STATISTICS = ("sharpness out", "sharpness in", "sharpness out, half res", "sharpness in, half res",
               "noise out", "noise in", "residual coarse", "residual fine", "residual on input edges",
               "gradient similarity", "blockiness out", "blockiness in")
 EPS = 1e-8
-
-
-def _luma(x: Tensor) -> Tensor:
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-
-
-def _sobel(y: Tensor) -> Tensor:
-    """Squared Sobel gradient magnitude of an (N,1,H,W) batch, edges replicated."""
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-    g = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), torch.stack([gx, gx.T])[:, None])
-    return g.pow(2).sum(1, keepdim=True)
 
 
 def _noise_sigma(y: Tensor) -> Tensor:
@@ -83,22 +73,23 @@ def _blockiness(y: Tensor) -> Tensor:
 def statistics(restored: Tensor, degraded: Tensor) -> Tensor:
     """The (N, len(STATISTICS)) statistics of uint8 (N,3,H,W) restored images against their inputs (same size)."""
     r, d = restored.float() / 255, degraded.float() / 255
-    yr, yd = _luma(r), _luma(d)
-    half = (F.avg_pool2d(yr, 2), F.avg_pool2d(yd, 2))
+    yr, yd = luma(r), luma(d)
+    er, ed = sobel_energy(yr), sobel_energy(yd)
+    half = (sobel_energy(F.avg_pool2d(yr, 2)), sobel_energy(F.avg_pool2d(yd, 2)))
     blur = (F.avg_pool2d(r, 4), F.avg_pool2d(d, 4))
     residual = r - d
     coarse = (blur[0] - blur[1]).pow(2).flatten(1).mean(1)
     fine = (residual - F.interpolate(blur[0] - blur[1], size=r.shape[2:], mode="nearest")).pow(2).flatten(1).mean(1)
-    local_residual = F.avg_pool2d(_luma(residual).pow(2), 8).flatten(1)
-    local_edges = F.avg_pool2d(_sobel(yd), 8).flatten(1)
+    local_residual = F.avg_pool2d(luma(residual).pow(2), 8).flatten(1)
+    local_edges = F.avg_pool2d(ed, 8).flatten(1)
     lr, le = local_residual - local_residual.mean(1, keepdim=True), local_edges - local_edges.mean(1, keepdim=True)
     on_edges = (lr * le).mean(1) / (lr.pow(2).mean(1).sqrt() * le.pow(2).mean(1).sqrt() + EPS)
-    gr, gd = _sobel(yr).sqrt(), _sobel(yd).sqrt()
+    gr, gd = er.sqrt(), ed.sqrt()
     c = 0.0026 * 16  # GMSD's constant for [0, 1] images, times Sobel's gain
-    similarity = ((2 * gr * gd + c) / (gr.pow(2) + gd.pow(2) + c)).flatten(1).mean(1)
+    similarity = ((2 * gr * gd + c) / (er + ed + c)).flatten(1).mean(1)
     columns = [
-        torch.log(_sobel(yr).flatten(1).mean(1) + EPS), torch.log(_sobel(yd).flatten(1).mean(1) + EPS),
-        torch.log(_sobel(half[0]).flatten(1).mean(1) + EPS), torch.log(_sobel(half[1]).flatten(1).mean(1) + EPS),
+        torch.log(er.flatten(1).mean(1) + EPS), torch.log(ed.flatten(1).mean(1) + EPS),
+        torch.log(half[0].flatten(1).mean(1) + EPS), torch.log(half[1].flatten(1).mean(1) + EPS),
         torch.log(_noise_sigma(yr) + 1e-4), torch.log(_noise_sigma(yd) + 1e-4),
         torch.log(coarse + EPS), torch.log(fine + EPS), on_edges, similarity,
         _blockiness(yr), _blockiness(yd),
@@ -119,8 +110,6 @@ def make_scorer(kind: str, width: int) -> nn.Module:
 
 def only_methods(inputs: list[Input], bank: Path, methods: set[str]) -> list[Input]:
     """The training inputs with only the named restorers' outputs; inputs left with fewer than two are dropped."""
-    from drqa_plugin.data.bank import load_manifest
-
     items = load_manifest(bank).split_items("train")
     unknown = methods - {i.method for i in items}
     if unknown:
@@ -165,12 +154,10 @@ def leave_one_photo_out(inputs: list[Input], features: list[Tensor], photos: lis
     return out
 
 
-def model_scores(weights: str, bank: Path, split: str) -> np.ndarray:
+def model_scores(weights: str, manifest: BankManifest, split: str) -> np.ndarray:
     """A DR-IQA model's score of every pair of a bank split, whole images, as the held-out benchmark scores them."""
-    from drqa_plugin.data.bank import load_manifest
     from drqa_plugin.scorer import DRIQA
 
-    manifest = load_manifest(bank)
     root = Path(manifest.out_dir)
     items = manifest.split_items(split)
     return DRIQA(weights, preprocess="none")([root / i.name for i in items], [root / i.reference for i in items]).numpy()
@@ -192,13 +179,12 @@ def mean_rank_in_group(predictions: list[np.ndarray], groups: list) -> np.ndarra
 
 def evaluate(spec: str, trained: tuple[nn.Module, Tensor, Tensor], args: argparse.Namespace) -> None:
     """Print the ranker's rows for one ``BANK:SPLIT`` next to its baselines, overall and per task."""
-    from drqa_plugin.data.bank import load_manifest
-
     bank, split = Path(spec.rsplit(":", 1)[0]), spec.rsplit(":", 1)[1]
     scorer, mean, std = trained
+    manifest = load_manifest(bank)
     inputs = load_inputs(bank, split)
     features = input_statistics(inputs)
-    baselines, targets, groups = bank_baselines(bank, split=split, psnr_input=False)
+    baselines, targets, groups = bank_baselines(manifest, split=split, psnr_input=False)
     ranker = np.full(len(targets), np.nan)
     tasks = [""] * len(targets)
     with torch.no_grad():
@@ -209,12 +195,12 @@ def evaluate(spec: str, trained: tuple[nn.Module, Tensor, Tensor], args: argpars
     keep = [r for x in inputs for r in x.rows]
     rows = {f"statistics ranker ({args.scorer})": ranker[keep]}
     if args.leave_one_photo_out:
-        items = load_manifest(bank).split_items(split)
+        items = manifest.split_items(split)
         photos = [items[x.rows[0]].photo for x in inputs]
         inside = leave_one_photo_out(inputs, features, photos, args, len(targets))
         rows[f"statistics ranker ({args.scorer}), trained on this split's other photos"] = inside[keep]
     for weights in args.weights:
-        model = model_scores(weights, bank, split)
+        model = model_scores(weights, manifest, split)
         rows[f"model {weights}"] = model[keep]
         rows[f"model {weights} + ranker (mean rank in input)"] = mean_rank_in_group(
             [model[keep], ranker[keep]], [groups[r] for r in keep])

@@ -154,16 +154,25 @@ def psnr_vs_input(restored: Sequence[ImageLike], degraded: Sequence[ImageLike]) 
     return out
 
 
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """The BT.601 luma (N,1,H,W) of an (N,3,H,W) RGB batch."""
+    return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+
+
+def sobel_energy(y: torch.Tensor) -> torch.Tensor:
+    """The squared Sobel gradient magnitude (N,1,H,W) of an (N,1,H,W) batch, edges replicated."""
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=y.device, dtype=y.dtype)
+    kernels = torch.stack([sobel_x, sobel_x.T])[:, None]
+    return F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), kernels).pow(2).sum(dim=1, keepdim=True)
+
+
 def gradient_energy(images: torch.Tensor) -> torch.Tensor:
     """Tenengrad focus measure: the mean squared Sobel gradient magnitude of the luma (BT.601) of an
     (N,3,H,W) batch in [0, 1] (edges replicated): the ``sharpness (no reference)`` baseline, shape (N,)."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise DataError(f"expected an (N,3,H,W) batch, got shape {tuple(images.shape)}")
-    x = images.float()  # float32: MPS has no float64
-    luma = F.pad((0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None], (1, 1, 1, 1), mode="replicate")
-    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)
-    kernels = torch.stack([sobel_x, sobel_x.T])[:, None]
-    return F.conv2d(luma, kernels).pow(2).sum(dim=1).flatten(1).mean(dim=1)
+    # float32: MPS has no float64
+    return sobel_energy(luma(images.float())).flatten(1).mean(dim=1)
 
 
 def sharpness(restored: Sequence[ImageLike]) -> np.ndarray:
@@ -378,6 +387,7 @@ __all__ = [
     "format_table",
     "gradient_energy",
     "labeller_scores",
+    "luma",
     "method_prior",
     "method_rank_table",
     "method_ranks",
@@ -385,4 +395,5 @@ __all__ = [
     "psnr_vs_input",
     "score_rows",
     "sharpness",
+    "sobel_energy",
 ]
